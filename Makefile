@@ -1,0 +1,65 @@
+# Every target installs what it needs first, so each works on a fresh machine.
+#   make run    record the ETH top 50 (ticker + trades) from Deribit into an embedded PostgreSQL
+#   make test   unit, integration (PostgreSQL + simulator) and Kubernetes (real control plane) tests
+#   make demo   simulator + collector + embedded PostgreSQL, no network needed
+#   make bench  benchmarks: print figures and the commands that made them
+#   make drills the failure drills at full length
+#   make lint   ruff (format + lint), mypy, import contracts
+
+SHELL := /bin/bash
+PYTHON ?= python3
+TOOLS := .tools
+UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+VENV := .venv
+SYNCED := $(VENV)/.synced
+RUN := $(UV) run --frozen --no-sync
+
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: setup run test demo bench drills lint format postgres k8s clean
+
+$(TOOLS)/bin/uv:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv
+
+$(SYNCED): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+setup: $(SYNCED)
+
+# PostgreSQL server binaries for the tests (Debian's packages); a no-op when present.
+postgres:
+	@tests/harness/ensure-postgres.sh
+
+# kube-apiserver, etcd, kwok, helm... built from Go modules and cached outside the tree.
+k8s:
+	@tests/harness/build-control-plane.sh
+
+run: setup
+	$(RUN) optionfeed collect --currency ETH --top 50 --channels ticker,trades
+
+demo: setup
+	$(RUN) optionfeed demo $(if $(DURATION),--duration $(DURATION))
+
+test: setup postgres k8s
+	$(RUN) pytest $(PYTEST_ARGS)
+
+drills: setup postgres
+	OPTIONFEED_DRILLS=full $(RUN) pytest -m drill $(PYTEST_ARGS)
+
+bench: setup postgres
+	$(RUN) python tests/bench/run.py $(BENCH_ARGS)
+
+lint: setup
+	$(RUN) ruff format --check .
+	$(RUN) ruff check .
+	$(RUN) mypy
+	$(RUN) lint-imports
+
+format: setup
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,3 @@
+from optionfeed.cli import main
+
+raise SystemExit(main())

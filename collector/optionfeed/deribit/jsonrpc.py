@@ -1,0 +1,195 @@
+"""JSON-RPC 2.0 framing as Deribit speaks it (PROTOCOL.md §2), free of I/O.
+
+Both ends use this module: the collector encodes requests and decodes what arrives, the simulator
+decodes requests and encodes responses and notifications. Responses carry Deribit's extras
+``usIn``, ``usOut``, ``usDiff`` and ``testnet``; notifications carry none of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from optionfeed.deribit.errors import ErrorCode, ProtocolError, RpcError, error_message
+
+JSONRPC = "2.0"
+MAX_FRAME_BYTES = 32 * 1024  # frames above this get -32600 "request entity too large"
+MAX_CHANNELS_PER_SUBSCRIBE = 500
+
+RequestId = int | str
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: RequestId
+    method: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    id: RequestId | None
+    result: Any
+    error: RpcError | None
+    us_in: int | None = None
+    us_out: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A server push: ``subscription`` (channel + data) or ``heartbeat`` (type)."""
+
+    method: str
+    params: dict[str, Any]
+
+    @property
+    def channel(self) -> str:
+        return str(self.params.get("channel", ""))
+
+    @property
+    def data(self) -> Any:
+        return self.params.get("data")
+
+
+Frame = Response | Notification
+
+
+def loads(raw: str | bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"not JSON: {exc}", raw) from None
+
+
+def encode_request(
+    request_id: RequestId, method: str, params: dict[str, Any] | None = None
+) -> bytes:
+    body: dict[str, Any] = {"jsonrpc": JSONRPC, "id": request_id, "method": method}
+    if params is not None:
+        body["params"] = params
+    return orjson.dumps(body)
+
+
+def decode_frame(raw: str | bytes) -> Frame:
+    """Decode one frame the exchange sent; raise :class:`ProtocolError` when it is malformed."""
+    msg = loads(raw)
+    if not isinstance(msg, dict):
+        raise ProtocolError("frame is not a JSON object", raw)
+    method = msg.get("method")
+    if method is not None:
+        params = msg.get("params")
+        if not isinstance(method, str) or not isinstance(params, dict):
+            raise ProtocolError("notification without a method name and params object", raw)
+        if method == "subscription" and not isinstance(params.get("channel"), str):
+            raise ProtocolError("subscription notification without a channel", raw)
+        return Notification(method, params)
+    if "id" not in msg:
+        raise ProtocolError("frame is neither a response (no id) nor a notification", raw)
+    error = msg.get("error")
+    if error is not None:
+        if not isinstance(error, dict) or not isinstance(error.get("code"), int):
+            raise ProtocolError("error object without an integer code", raw)
+        rpc_error = RpcError(error["code"], str(error.get("message", "")), error.get("data"))
+        return Response(msg["id"], None, rpc_error, msg.get("usIn"), msg.get("usOut"))
+    if "result" not in msg:
+        raise ProtocolError("response with neither result nor error", raw)
+    return Response(msg["id"], msg["result"], None, msg.get("usIn"), msg.get("usOut"))
+
+
+def decode_request(raw: str | bytes) -> Request:
+    """Decode a client's request; raise :class:`RpcError` with the code Deribit would answer."""
+    if len(raw) > MAX_FRAME_BYTES:
+        raise RpcError(ErrorCode.REQUEST_ENTITY_TOO_LARGE, error_message(-32600))
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise RpcError(ErrorCode.PARSE_ERROR, error_message(-32700)) from None
+    if not isinstance(msg, dict):
+        # Batches and bare values are not supported.
+        raise RpcError(ErrorCode.BAD_REQUEST, error_message(11050))
+    method, params = msg.get("method"), msg.get("params", {})
+    request_id = msg.get("id")
+    if not isinstance(method, str) or not isinstance(request_id, int | str):
+        raise RpcError(ErrorCode.BAD_REQUEST, error_message(11050))
+    if not isinstance(params, dict):
+        raise RpcError(
+            ErrorCode.INVALID_PARAMS,
+            error_message(-32602),
+            {"reason": "params must be an object", "param": "params"},
+        )
+    return Request(request_id, method, params)
+
+
+def request_id_of(raw: str | bytes) -> RequestId | None:
+    """Best effort: the ``id`` of a request that failed to decode, so the error can echo it."""
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(msg, dict) and isinstance(msg.get("id"), int | str):
+        return msg["id"]  # type: ignore[no-any-return]
+    return None
+
+
+def encode_result(
+    request_id: RequestId | None, result: Any, *, us_in: int, us_out: int, testnet: bool = False
+) -> bytes:
+    return orjson.dumps(
+        {
+            "jsonrpc": JSONRPC,
+            "id": request_id,
+            "result": result,
+            "usIn": us_in,
+            "usOut": us_out,
+            "usDiff": us_out - us_in,
+            "testnet": testnet,
+        }
+    )
+
+
+def encode_error(
+    request_id: RequestId | None,
+    error: RpcError,
+    *,
+    us_in: int,
+    us_out: int,
+    testnet: bool = False,
+) -> bytes:
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.data is not None:
+        body["data"] = error.data
+    return orjson.dumps(
+        {
+            "jsonrpc": JSONRPC,
+            "id": request_id,
+            "error": body,
+            "usIn": us_in,
+            "usOut": us_out,
+            "usDiff": us_out - us_in,
+            "testnet": testnet,
+        }
+    )
+
+
+def encode_notification(channel: str, data: Any) -> bytes:
+    return orjson.dumps(
+        {"jsonrpc": JSONRPC, "method": "subscription", "params": {"channel": channel, "data": data}}
+    )
+
+
+def encode_subscription_raw(channel: str, data_json: bytes) -> bytes:
+    """A subscription notification around ``data`` that is already serialised (the fast path)."""
+    return (
+        b'{"jsonrpc":"2.0","method":"subscription","params":{"channel":'
+        + orjson.dumps(channel)
+        + b',"data":'
+        + data_json
+        + b"}}"
+    )
+
+
+TEST_REQUEST = orjson.dumps(
+    {"jsonrpc": JSONRPC, "method": "heartbeat", "params": {"type": "test_request"}}
+)

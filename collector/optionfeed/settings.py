@@ -1,0 +1,90 @@
+"""Command-line options that also read the environment.
+
+Every option ``--some-name`` falls back to ``OPTIONFEED_SOME_NAME``; ``--database-url`` also honours
+``DATABASE_URL``. Subcommands declare their options with :func:`add_option` so that the rule holds
+everywhere without each command repeating it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ENV_PREFIX = "OPTIONFEED_"
+
+# Options whose environment variable has a conventional name besides OPTIONFEED_<NAME>.
+_EXTRA_ENV: dict[str, tuple[str, ...]] = {"database_url": ("DATABASE_URL",)}
+
+
+def env_names(dest: str) -> tuple[str, ...]:
+    """The environment variables an option reads, most specific first."""
+    return (ENV_PREFIX + dest.upper(), *_EXTRA_ENV.get(dest, ()))
+
+
+def add_option(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    *,
+    type: Callable[[str], Any] = str,
+    default: Any = None,
+    help: str,
+    choices: Sequence[Any] | None = None,
+    metavar: str | None = None,
+    environ: os._Environ[str] | dict[str, str] | None = None,
+) -> None:
+    """Add ``flag`` with a default taken from its environment variable when one is set.
+
+    A malformed value in the environment is reported like a malformed flag: argparse prints the
+    variable's name and exits with status 2.
+    """
+    env = os.environ if environ is None else environ
+    dest = flag.lstrip("-").replace("-", "_")
+    names = env_names(dest)
+    for name in names:
+        raw = env.get(name)
+        if raw is not None and raw != "":
+            try:
+                default = type(raw)
+            except (TypeError, ValueError) as exc:
+                raise SystemExit(f"optionfeed: error: environment variable {name}: {exc}") from None
+            break
+    shown = f"{help} [env: {', '.join(names)}]"
+    if default is not None and "%(default)" not in help:
+        shown += " (default: %(default)s)"
+    parser.add_argument(
+        flag, dest=dest, type=type, default=default, help=shown, choices=choices, metavar=metavar
+    )
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, safe to log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def positive_float(text: str) -> float:
+    """An argparse type for durations and rates that must be greater than zero."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type for a TCP port; 0 means 'off' or 'any', as the option says."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port between 0 and 65535, got {text!r}")
+    return value

@@ -1,0 +1,88 @@
+import orjson
+import pytest
+
+from optionfeed.deribit import jsonrpc
+from optionfeed.deribit.errors import ErrorCode, ProtocolError, RpcError
+
+
+def test_response_with_result_decodes_with_deribit_extras() -> None:
+    raw = (
+        b'{"jsonrpc":"2.0","id":0,"result":["a"],"usIn":1,"usOut":582,"usDiff":581,"testnet":false}'
+    )
+    frame = jsonrpc.decode_frame(raw)
+    assert isinstance(frame, jsonrpc.Response)
+    assert (frame.id, frame.result, frame.error, frame.us_in, frame.us_out) == (
+        0,
+        ["a"],
+        None,
+        1,
+        582,
+    )
+
+
+def test_error_response_becomes_rpc_error_with_data() -> None:
+    raw = (
+        b'{"jsonrpc":"2.0","error":{"message":"Invalid params","data":'
+        b'{"reason":"value must be a list","param":"channels"},"code":-32602},'
+        b'"testnet":false,"usIn":1,"usOut":2,"usDiff":1,"id":7}'
+    )
+    frame = jsonrpc.decode_frame(raw)
+    assert isinstance(frame, jsonrpc.Response)
+    assert frame.error is not None
+    assert frame.error.code == ErrorCode.INVALID_PARAMS
+    assert frame.error.data == {"reason": "value must be a list", "param": "channels"}
+    assert not frame.error.transient
+
+
+def test_subscription_notification_exposes_channel_and_data() -> None:
+    raw = jsonrpc.encode_subscription_raw("quote.X", b'{"a":1}')
+    frame = jsonrpc.decode_frame(raw)
+    assert isinstance(frame, jsonrpc.Notification)
+    assert (frame.method, frame.channel, frame.data) == ("subscription", "quote.X", {"a": 1})
+    assert raw == jsonrpc.encode_notification("quote.X", {"a": 1})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b"[1,2]",
+        b'{"jsonrpc":"2.0"}',
+        b'{"method":"subscription","params":{}}',
+        b'{"id":1,"error":{"code":"x"}}',
+        b'{"id":1}',
+    ],
+)
+def test_malformed_frames_raise_protocol_error_with_the_raw_text(raw: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        jsonrpc.decode_frame(raw)
+    assert info.value.raw == raw
+
+
+def test_request_over_32k_is_rejected_with_minus_32600() -> None:
+    big = jsonrpc.encode_request(1, "public/subscribe", {"channels": ["x" * 40_000]})
+    with pytest.raises(RpcError) as info:
+        jsonrpc.decode_request(big)
+    assert info.value.code == -32600
+
+
+def test_error_encoding_echoes_id_and_timing_extras() -> None:
+    body = orjson.loads(
+        jsonrpc.encode_error(5, RpcError(11051, "system_maintenance"), us_in=10, us_out=25)
+    )
+    assert body == {
+        "jsonrpc": "2.0",
+        "id": 5,
+        "error": {"code": 11051, "message": "system_maintenance"},
+        "usIn": 10,
+        "usOut": 25,
+        "usDiff": 15,
+        "testnet": False,
+    }
+
+
+def test_transient_codes_follow_the_protocol_brief() -> None:
+    assert RpcError(10028, "too_many_requests").transient
+    assert RpcError(10028, "too_many_requests").ends_session
+    assert RpcError(11051, "system_maintenance").transient
+    assert not RpcError(13778, "raw_subscriptions_not_available_for_unauthorized").transient
