@@ -1,0 +1,1 @@
+"""Telemetry of a collector: Prometheus metrics, health probes, traces."""
