@@ -1,0 +1,98 @@
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from optionfeed.collector.assignment import (
+    InvalidAssignment,
+    parse_assignment,
+    read_assignment,
+    watch_assignment,
+)
+
+DOC: dict[str, Any] = {
+    "feed": "eth-top50",
+    "namespace": "md",
+    "shard": 0,
+    "shards": 2,
+    "generation": 7,
+    "currency": "ETH",
+    "interval": "100ms",
+    "channels": ["ticker", "trades"],
+    "instruments": ["ETH-9NOV25-3375-P", "ETH-9NOV25-3400-C"],
+    "exchangeUrl": "wss://www.deribit.com/ws/api/v2",
+}
+
+
+def test_the_documented_example_parses_into_channels() -> None:
+    assignment = parse_assignment(json.dumps(DOC))
+    assert (assignment.feed, assignment.shard, assignment.shards) == ("eth-top50", 0, 2)
+    assert assignment.channel_names() == {
+        "ticker.ETH-9NOV25-3375-P.100ms",
+        "trades.ETH-9NOV25-3375-P.100ms",
+        "ticker.ETH-9NOV25-3400-C.100ms",
+        "trades.ETH-9NOV25-3400-C.100ms",
+    }
+
+
+def test_quote_channels_have_no_interval() -> None:
+    doc = {**DOC, "channels": ["quote", "book"], "instruments": ["ETH-9NOV25-3375-P"]}
+    assert parse_assignment(json.dumps(doc)).channel_names() == {
+        "quote.ETH-9NOV25-3375-P",
+        "book.ETH-9NOV25-3375-P.100ms",
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"currency": "DOGE"}, "currency must be one of"),
+        ({"interval": "1s"}, "interval must be"),
+        ({"channels": ["candles"]}, "unknown: ['candles']"),
+        ({"channels": []}, "non-empty subset"),
+        ({"instruments": ["ETH-PERPETUAL"]}, "not option names"),
+        ({"shard": 2}, "shard 2 is not in 0..1"),
+        ({"shard": "0"}, "field 'shard' must be int"),
+        ({"feed": None}, "field 'feed' must be str"),
+    ],
+)
+def test_invalid_documents_say_what_is_wrong(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidAssignment, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_assignment(json.dumps({**DOC, **change}))
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InvalidAssignment, match="cannot read assignment file"):
+        read_assignment(tmp_path / "nope.json")
+
+
+async def test_the_watcher_sees_a_kubelet_style_symlink_swap_and_skips_bad_versions(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The kubelet's layout: file -> ..data/file, ..data -> ..<timestamp> swapped atomically.
+    def publish(version: str, doc: Any) -> None:
+        target = tmp_path / version
+        target.mkdir()
+        (target / "assignment.json").write_text(doc if isinstance(doc, str) else json.dumps(doc))
+        link = tmp_path / "..data_tmp"
+        link.symlink_to(version)
+        link.replace(tmp_path / "..data")
+
+    publish("..v1", DOC)
+    path = tmp_path / "assignment.json"
+    path.symlink_to("..data/assignment.json")
+    current = read_assignment(path)
+    updates = watch_assignment(path, current, poll_interval=0.01)
+
+    publish("..v2", "{broken")
+    pending = asyncio.ensure_future(anext(updates))
+    while "keeping the current assignment" not in caplog.text:
+        await asyncio.sleep(0.01)
+    assert not pending.done()
+    publish("..v3", {**DOC, "instruments": ["ETH-9NOV25-3375-P"], "generation": 8})
+    new = await asyncio.wait_for(pending, 5)
+    assert new.generation == 8
+    assert new.instruments == ("ETH-9NOV25-3375-P",)
+    await updates.aclose()
