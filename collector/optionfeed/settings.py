@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -59,19 +60,23 @@ def add_option(
     )
 
 
+_USERINFO_PASSWORD = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@]*):[^@/?#]*@")
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, safe to log."""
+    """The URL with its password replaced by ``***``, safe to log; never raises."""
     try:
         parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
     except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+        # A malformed URL (a port out of range, say) still must not leak its password.
+        return _USERINFO_PASSWORD.sub(r"\1:***@", url)
 
 
 def positive_float(text: str) -> float:

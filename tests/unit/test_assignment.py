@@ -1,5 +1,6 @@
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,21 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         read_assignment(tmp_path / "nope.json")
 
 
+class _Seen(logging.Handler):
+    """Sets an event when a record containing ``text`` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
 async def test_the_watcher_sees_a_kubelet_style_symlink_swap_and_skips_bad_versions(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
 ) -> None:
     # The kubelet's layout: file -> ..data/file, ..data -> ..<timestamp> swapped atomically.
     def publish(version: str, doc: Any) -> None:
@@ -86,10 +100,11 @@ async def test_the_watcher_sees_a_kubelet_style_symlink_swap_and_skips_bad_versi
     current = read_assignment(path)
     updates = watch_assignment(path, current, poll_interval=0.01)
 
+    seen = _Seen("keeping the current assignment")
+    logging.getLogger("optionfeed.collector.assignment").addHandler(seen)
     publish("..v2", "{broken")
     pending = asyncio.ensure_future(anext(updates))
-    while "keeping the current assignment" not in caplog.text:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(seen.event.wait(), 5)
     assert not pending.done()
     publish("..v3", {**DOC, "instruments": ["ETH-9NOV25-3375-P"], "generation": 8})
     new = await asyncio.wait_for(pending, 5)

@@ -1,6 +1,6 @@
 import random
 
-from optionfeed.collector.backoff import Backoff
+from optionfeed.backoff import Backoff
 
 
 def test_delays_are_full_jitter_under_an_exponential_ceiling_with_a_cap() -> None:

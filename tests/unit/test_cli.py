@@ -34,3 +34,7 @@ def test_a_malformed_environment_value_names_the_variable() -> None:
 def test_logged_urls_never_show_the_password() -> None:
     assert settings.mask_url("postgresql://me:s3cret@db:5432/x") == "postgresql://me:***@db:5432/x"
     assert settings.mask_url("postgresql://db/x") == "postgresql://db/x"
+
+
+def test_a_malformed_url_is_masked_without_raising() -> None:
+    assert settings.mask_url("postgresql://me:s3cret@db:99999/x") == "postgresql://me:***@db:99999/x"

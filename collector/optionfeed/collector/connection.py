@@ -29,7 +29,7 @@ import aiohttp
 import orjson
 from aiohttp import WSMsgType
 
-from optionfeed.collector.backoff import Backoff
+from optionfeed.backoff import Backoff
 from optionfeed.collector.pacing import RequestPacer
 from optionfeed.deribit import jsonrpc
 from optionfeed.deribit.channels import InvalidChannel, parse_channel
