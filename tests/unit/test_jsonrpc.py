@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import orjson
 import pytest
 
@@ -40,6 +42,15 @@ def test_subscription_notification_exposes_channel_and_data() -> None:
     assert isinstance(frame, jsonrpc.Notification)
     assert (frame.method, frame.channel, frame.data) == ("subscription", "quote.X", {"a": 1})
     assert raw == jsonrpc.encode_notification("quote.X", {"a": 1})
+
+
+def test_rest_responses_without_an_id_decode_as_in_the_real_capture() -> None:
+    capture = Path(__file__).parents[1] / "data" / "deribit" / "rest-get_instruments-2021-2022.txt"
+    line = capture.read_text().splitlines()[0]
+    frame = jsonrpc.decode_frame(line.split(": ", 1)[1])
+    assert isinstance(frame, jsonrpc.Response)
+    assert frame.id is None
+    assert frame.result[0]["instrument_name"].startswith("BTC-")
 
 
 @pytest.mark.parametrize(

@@ -85,17 +85,18 @@ def decode_frame(raw: str | bytes) -> Frame:
         if method == "subscription" and not isinstance(params.get("channel"), str):
             raise ProtocolError("subscription notification without a channel", raw)
         return Notification(method, params)
-    if "id" not in msg:
-        raise ProtocolError("frame is neither a response (no id) nor a notification", raw)
+    if "id" not in msg and "result" not in msg and "error" not in msg:
+        raise ProtocolError("frame is neither a response nor a notification", raw)
+    # REST answers carry no id (real captures); WebSocket answers echo the request's.
     error = msg.get("error")
     if error is not None:
         if not isinstance(error, dict) or not isinstance(error.get("code"), int):
             raise ProtocolError("error object without an integer code", raw)
         rpc_error = RpcError(error["code"], str(error.get("message", "")), error.get("data"))
-        return Response(msg["id"], None, rpc_error, msg.get("usIn"), msg.get("usOut"))
+        return Response(msg.get("id"), None, rpc_error, msg.get("usIn"), msg.get("usOut"))
     if "result" not in msg:
         raise ProtocolError("response with neither result nor error", raw)
-    return Response(msg["id"], msg["result"], None, msg.get("usIn"), msg.get("usOut"))
+    return Response(msg.get("id"), msg["result"], None, msg.get("usIn"), msg.get("usOut"))
 
 
 def decode_request(raw: str | bytes) -> Request:

@@ -148,6 +148,7 @@ class Writer:
         self._retry_cap = retry_cap
         self._rng = rng or random.Random()
         self.stats = WriterStats()
+        self.last_commit_at = 0.0  # time.time() of the last commit, 0 before the first
 
         self._buffers: dict[str, list[Row]] = {}
         self._tables: dict[str, Table] = {}
@@ -442,6 +443,7 @@ class Writer:
             m.rejected_messages_total.labels("unstorable").inc(result.rejected)
             stats.rejected += result.rejected
         m.last_commit_timestamp_seconds.set(result.committed_at)
+        self.last_commit_at = result.committed_at
         stats.batches += 1
         self._finished(batch)
 

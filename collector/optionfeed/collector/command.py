@@ -1,0 +1,245 @@
+"""``optionfeed collect``: run one collector.
+
+Two modes: ``--assignment FILE`` (what the operator mounts; the file is followed live), or local
+mode, ``--currency ETH --top 50 --channels ticker,trades``, where the collector ranks by itself.
+Every option also reads ``OPTIONFEED_<NAME>``; ``--database-url`` also reads ``DATABASE_URL``.
+
+Exit status: 0 after a clean stop, 1 when something outside the command line failed (the database
+cannot be reached, rows could not be written before the shutdown deadline), 2 for a usage error (a
+bad flag, an invalid assignment file). Each failure is one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from optionfeed.settings import add_option, port_number, positive_float
+
+log = logging.getLogger(__name__)
+
+CURRENCIES = ("BTC", "ETH", "USDC")
+
+
+def channel_list(text: str) -> tuple[str, ...]:
+    from optionfeed.deribit.channels import FEED_CHANNELS
+
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [n for n in names if n not in FEED_CHANNELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {','.join(FEED_CHANNELS)}, got {text!r}"
+        )
+    return names
+
+
+def currency_name(text: str) -> str:
+    value = text.strip().upper()
+    if value not in CURRENCIES:
+        raise argparse.ArgumentTypeError(
+            f"unknown option currency {text!r}: Deribit lists options in {', '.join(CURRENCIES)}"
+        )
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_argument_group("what to record (an assignment file, or local mode)")
+    add_option(
+        what,
+        "--assignment",
+        type=Path,
+        metavar="FILE",
+        help="assignment file written by the operator; followed live",
+    )
+    add_option(what, "--currency", type=currency_name, help="local mode: BTC, ETH or USDC")
+    add_option(
+        what,
+        "--top",
+        type=positive_int,
+        default=50,
+        metavar="N",
+        help="local mode: record the N options with the highest 24h USD volume",
+    )
+    add_option(
+        what,
+        "--channels",
+        type=channel_list,
+        default=("ticker", "trades"),
+        metavar="LIST",
+        help="local mode: channels to record, from ticker,quote,trades,book",
+    )
+    add_option(
+        what,
+        "--interval",
+        default="100ms",
+        choices=["100ms", "agg2", "raw"],
+        help="local mode: notification interval; raw needs --client-id/--client-secret",
+    )
+    add_option(
+        what,
+        "--rank-by",
+        default="volume_usd",
+        choices=["volume_usd", "open_interest"],
+        help="local mode: ranking key",
+    )
+    where = parser.add_argument_group("where from and to")
+    add_option(
+        where,
+        "--exchange-url",
+        default="wss://www.deribit.com/ws/api/v2",
+        metavar="URL",
+        help="Deribit WebSocket endpoint (REST is derived from it)",
+    )
+    add_option(
+        where,
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL URL (default: an embedded PostgreSQL under --data-dir)",
+    )
+    add_option(
+        where,
+        "--data-dir",
+        type=Path,
+        default=Path(".optionfeed"),
+        metavar="DIR",
+        help="local state: the embedded database",
+    )
+    add_option(where, "--client-id", metavar="ID", help="Deribit API key id (for raw channels)")
+    add_option(where, "--client-secret", metavar="SECRET", help="Deribit API key secret")
+    run = parser.add_argument_group("running")
+    add_option(
+        run,
+        "--metrics-port",
+        type=port_number,
+        default=9464,
+        metavar="PORT",
+        help="serve /metrics, /livez and /readyz on this port; 0 turns it off",
+    )
+    add_option(run, "--metrics-host", default="0.0.0.0", metavar="HOST", help="address to serve on")
+    add_option(
+        run,
+        "--duration",
+        type=positive_float,
+        metavar="SECONDS",
+        help="stop cleanly after this long (default: run until SIGTERM/SIGINT)",
+    )
+    add_option(
+        run,
+        "--heartbeat-interval",
+        type=positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="Deribit heartbeat interval (at least 10); a silent stream is replaced after 1.5x",
+    )
+    add_option(
+        run,
+        "--channels-per-connection",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="per-connection channel budget",
+    )
+    add_option(
+        run,
+        "--flush-interval",
+        type=positive_float,
+        default=0.25,
+        metavar="SECONDS",
+        help="longest a row waits in the buffer before it is written",
+    )
+    add_option(
+        run,
+        "--buffer-rows",
+        type=positive_int,
+        default=50_000,
+        metavar="N",
+        help="rows buffered before reading from the exchange is slowed",
+    )
+
+
+def _config_from(args: argparse.Namespace) -> object:
+    from optionfeed.collector.app import CollectorConfig, LocalPlan
+    from optionfeed.deribit.ranking import RankBy
+
+    if args.assignment is not None and args.currency is not None:
+        raise _UsageError("give either --assignment or --currency, not both")
+    if args.assignment is None and args.currency is None:
+        raise _UsageError("give --assignment FILE, or --currency (with --top and --channels)")
+    if args.interval == "raw" and not (args.client_id and args.client_secret):
+        raise _UsageError("--interval raw needs --client-id and --client-secret")
+    if args.heartbeat_interval < 10:
+        raise _UsageError("--heartbeat-interval must be at least 10 (Deribit's minimum)")
+    local = None
+    if args.currency is not None:
+        local = LocalPlan(
+            currency=args.currency,
+            top=args.top,
+            channels=args.channels,
+            interval=args.interval,
+            rank_by=RankBy(args.rank_by),
+        )
+    return CollectorConfig(
+        exchange_url=args.exchange_url,
+        database_url=args.database_url,
+        data_dir=args.data_dir,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        duration=args.duration,
+        assignment_path=args.assignment,
+        local=local,
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        heartbeat_interval=args.heartbeat_interval,
+        channels_per_connection=args.channels_per_connection,
+        flush_interval=args.flush_interval,
+        buffer_rows=args.buffer_rows,
+    )
+
+
+class _UsageError(Exception):
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    from optionfeed.collector.app import Collector, CollectorConfig, install_signal_handlers
+    from optionfeed.collector.assignment import InvalidAssignment
+    from optionfeed.deribit.errors import DeribitError
+    from optionfeed.store.errors import StoreError
+
+    try:
+        config = _config_from(args)
+        assert isinstance(config, CollectorConfig)
+    except _UsageError as exc:
+        print(f"optionfeed collect: error: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        collector = Collector(config)
+        install_signal_handlers(collector)
+        await collector.run()
+
+    try:
+        asyncio.run(main())
+    except InvalidAssignment as exc:
+        print(f"optionfeed collect: error: {exc}", file=sys.stderr)
+        return 2
+    except (StoreError, DeribitError) as exc:
+        print(f"optionfeed collect: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"optionfeed collect: error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except asyncio.CancelledError:
+        print("optionfeed collect: stopped without draining (second signal)", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,246 @@
+"""From notifications to rows: the sink every connection of a collector delivers into.
+
+The hot path is one dict lookup: each channel name is parsed once into a handler bound to its
+family and instrument, and later notifications on that channel go straight to it. Handlers
+normalise the payload, buffer the rows in the writer (awaiting it is the backpressure that slows
+the reader when the database falls behind), and feed the gap detectors.
+
+Nothing is dropped silently. A payload that does not normalise, a frame that is not JSON, a
+notification on a channel we never asked for: each becomes a ``rejected_messages`` row with its
+reason and raw text, and ``optionfeed_rejected_messages_total{reason}`` rises.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from optionfeed.collector.normalize import (
+    NormalizeError,
+    book_row,
+    quote_row,
+    ticker_row,
+    trade_rows,
+)
+from optionfeed.collector.sequences import BookBreak, BookChains, SequenceGap, TradeSequences
+from optionfeed.deribit.channels import Channel, InvalidChannel, Kind, parse_channel
+from optionfeed.store import tables
+from optionfeed.store.records import rejected_row
+from optionfeed.store.tables import Row, Table
+from optionfeed.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any, bytes, float], Awaitable[None]]
+
+
+class RowSink(Protocol):
+    """Where rows go: the writer (its ``put`` waits while its buffer is full)."""
+
+    async def put(self, table: Table, row: Row) -> None: ...
+
+    async def put_many(self, table: Table, rows: list[Row]) -> None: ...
+
+
+class Events:
+    """What the router reports besides rows; the collector acts on these. Every hook is optional."""
+
+    def trade_gap(self, gap: SequenceGap, at: float) -> None:
+        """Trades were skipped: fetch them."""
+
+    def book_break(self, brk: BookBreak, channel: str, at: float) -> None:
+        """A book lost continuity: resync that instrument only."""
+
+    def seen(self, instrument: str, family: str, at: float) -> None:
+        """A notification of ``family`` arrived for ``instrument`` (for staleness)."""
+
+    def instrument_state(self, data: Any, at: float) -> None:
+        """``instrument.state.*``: a listing, an expiry, a state change."""
+
+    def platform_state(self, data: Any, at: float) -> None:
+        """``platform_state``: maintenance or an index lock."""
+
+
+class Counts:
+    """Plain counters for the STATS line and progress displays (metrics carry the same)."""
+
+    __slots__ = ("books", "quotes", "rejected", "tickers", "trades")
+
+    def __init__(self) -> None:
+        self.tickers = self.quotes = self.trades = self.books = self.rejected = 0
+
+
+class Router:
+    """Implements :class:`optionfeed.collector.connection.Sink`."""
+
+    def __init__(
+        self,
+        rows: RowSink,
+        metrics: Metrics,
+        *,
+        events: Events | None = None,
+        trades: TradeSequences | None = None,
+        books: BookChains | None = None,
+    ) -> None:
+        self._rows = rows
+        self._metrics = metrics
+        self._events = events or Events()
+        self.trades = trades or TradeSequences()
+        self.books = books or BookChains()
+        self.counts = Counts()
+        self.last_message_at = 0.0
+        self._routes: dict[str, Handler] = {}
+        self._count = {
+            family: metrics.messages_total.labels(family)
+            for family in (
+                "ticker",
+                "quote",
+                "trades",
+                "book",
+                "instrument_state",
+                "platform_state",
+            )
+        }
+        metrics.last_message_timestamp_seconds.set_function(lambda: self.last_message_at)
+
+    # ----------------------------------------------------------------- Sink
+
+    async def notification(self, channel: str, data: Any, raw: bytes, recv_ts: float) -> None:
+        self.last_message_at = recv_ts
+        handler = self._routes.get(channel)
+        if handler is None:
+            handler = self._routes[channel] = self._route(channel)
+        try:
+            await handler(data, raw, recv_ts)
+        except NormalizeError as exc:
+            await self._reject(raw, exc.reason, exc.detail, recv_ts, channel)
+
+    async def rejected(self, raw: bytes, reason: str, recv_ts: float) -> None:
+        await self._reject(raw, "malformed", reason, recv_ts, None)
+
+    async def _reject(
+        self, raw: bytes, reason: str, detail: str, recv_ts: float, channel: str | None
+    ) -> None:
+        self.counts.rejected += 1
+        self._metrics.rejected_messages_total.labels(reason).inc()
+        if self.counts.rejected <= 10 or self.counts.rejected % 1000 == 0:
+            log.warning(
+                "rejected a frame (%s: %s); %d so far", reason, detail, self.counts.rejected
+            )
+        await self._rows.put(
+            tables.REJECTED, rejected_row(f"{reason}: {detail}", raw, recv_ts, channel)
+        )
+
+    # ----------------------------------------------------------------- routing
+
+    def _route(self, channel: str) -> Handler:
+        try:
+            parsed = parse_channel(channel)
+        except InvalidChannel as exc:
+            return self._unknown(str(exc))
+        kind = parsed.kind
+        if kind is Kind.TICKER:
+            return self._ticker(parsed)
+        if kind is Kind.QUOTE:
+            return self._quote(parsed)
+        if kind in (Kind.TRADES, Kind.CURRENCY_TRADES):
+            return self._trades()
+        if kind is Kind.BOOK:
+            return self._book(channel, parsed)
+        if kind is Kind.INSTRUMENT_STATE:
+            return self._instrument_state()
+        if kind is Kind.PLATFORM_STATE:
+            return self._platform_state()
+        return self._unknown(f"no table for channel {channel!r}")
+
+    def _unknown(self, detail: str) -> Handler:
+        async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
+            raise NormalizeError("unknown_channel", detail)
+
+        return handle
+
+    def _ticker(self, channel: Channel) -> Handler:
+        put, table, count = self._rows.put, tables.TICKERS, self._count["ticker"]
+        counts, seen, instrument = self.counts, self._events.seen, channel.instrument or ""
+
+        async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
+            row = ticker_row(data, recv_ts)
+            count.inc()
+            counts.tickers += 1
+            seen(instrument, "ticker", recv_ts)
+            await put(table, row)
+
+        return handle
+
+    def _quote(self, channel: Channel) -> Handler:
+        put, table, count = self._rows.put, tables.QUOTES, self._count["quote"]
+        counts, seen, instrument = self.counts, self._events.seen, channel.instrument or ""
+
+        async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
+            row = quote_row(data, recv_ts)
+            count.inc()
+            counts.quotes += 1
+            seen(instrument, "quote", recv_ts)
+            await put(table, row)
+
+        return handle
+
+    def _trades(self) -> Handler:
+        put_many, table, count = self._rows.put_many, tables.TRADES, self._count["trades"]
+        counts, observe, events = self.counts, self.trades.observe, self._events
+
+        async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
+            rows = trade_rows(data, recv_ts)
+            count.inc()
+            counts.trades += len(rows)
+            for trade in data:  # trade_rows checked the shape of every element
+                instrument = trade["instrument_name"]
+                gap = observe(instrument, trade["trade_seq"])
+                if gap is not None:
+                    events.trade_gap(gap, recv_ts)
+                events.seen(instrument, "trades", recv_ts)
+            await put_many(table, rows)
+
+        return handle
+
+    def _book(self, channel_name: str, channel: Channel) -> Handler:
+        put, table, count = self._rows.put, tables.BOOK, self._count["book"]
+        counts, observe, events = self.counts, self.books.observe, self._events
+        instrument = channel.instrument or ""
+
+        async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
+            row = book_row(data, recv_ts)
+            count.inc()
+            counts.books += 1
+            brk = observe(
+                instrument, data.get("type"), data["change_id"], data.get("prev_change_id")
+            )
+            if brk is not None:
+                events.book_break(brk, channel_name, recv_ts)
+            events.seen(instrument, "book", recv_ts)
+            await put(table, row)
+
+        return handle
+
+    def _instrument_state(self) -> Handler:
+        count, events = self._count["instrument_state"], self._events
+
+        async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
+            if not isinstance(data, dict) or not isinstance(data.get("instrument_name"), str):
+                raise NormalizeError("wrong_type", "instrument.state data is not an object")
+            count.inc()
+            events.instrument_state(data, recv_ts)
+
+        return handle
+
+    def _platform_state(self) -> Handler:
+        count, events = self._count["platform_state"], self._events
+
+        async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
+            if not isinstance(data, dict):
+                raise NormalizeError("wrong_type", "platform_state data is not an object")
+            count.inc()
+            events.platform_state(data, recv_ts)
+
+        return handle
