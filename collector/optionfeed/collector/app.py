@@ -212,6 +212,10 @@ class Collector:
 
     async def run(self) -> None:
         config = self.config
+        assignment = None
+        if config.assignment_path is not None:
+            # A bad file is a usage error: report it before touching the database or the network.
+            assignment = read_assignment(config.assignment_path)
         async with contextlib.AsyncExitStack() as stack:
             url = config.database_url
             if url is None:
@@ -238,7 +242,7 @@ class Collector:
             )
             log.info("writing to %s", mask_url(url))
             session = await stack.enter_async_context(aiohttp.ClientSession())
-            plan, instruments = await self._initial_plan(session)
+            plan, instruments = await self._initial_plan(session, assignment)
             if plan is None:
                 return  # stopped before the exchange could be reached
             self.plan = plan
@@ -296,11 +300,10 @@ class Collector:
         tasks.raise_failure()
 
     async def _initial_plan(
-        self, session: aiohttp.ClientSession
+        self, session: aiohttp.ClientSession, assignment: Assignment | None
     ) -> tuple[Plan | None, list[Instrument]]:
         config = self.config
-        if config.assignment_path is not None:
-            assignment = read_assignment(config.assignment_path)
+        if assignment is not None:
             return plan_from_assignment(assignment, config.exchange_url), []
         assert config.local is not None
         local = config.local

@@ -139,7 +139,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=10.0,
         metavar="SECONDS",
-        help="Deribit heartbeat interval (at least 10); a silent stream is replaced after 1.5x",
+        help="Deribit heartbeat interval (Deribit's minimum is 10); a stream silent for 1.5x "
+        "this long is replaced",
     )
     add_option(
         run,
@@ -178,7 +179,11 @@ def _config_from(args: argparse.Namespace) -> object:
     if args.interval == "raw" and not (args.client_id and args.client_secret):
         raise _UsageError("--interval raw needs --client-id and --client-secret")
     if args.heartbeat_interval < 10:
-        raise _UsageError("--heartbeat-interval must be at least 10 (Deribit's minimum)")
+        log.warning(
+            "--heartbeat-interval %g: Deribit refuses intervals below 10 s; only a simulator "
+            "started with a lower --min-heartbeat-interval accepts it",
+            args.heartbeat_interval,
+        )
     local = None
     if args.currency is not None:
         local = LocalPlan(

@@ -1,0 +1,174 @@
+"""Running collectors in tests: in-process (to look inside) or as a real process (to signal it).
+
+Both run against the simulator and a real PostgreSQL. Completeness is judged against the
+simulator's ledger: what it sent on each channel must be what the database holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from optionfeed.collector.app import Collector, CollectorConfig
+
+
+def assignment_doc(
+    instruments: list[str],
+    *,
+    exchange_url: str,
+    currency: str = "ETH",
+    channels: tuple[str, ...] = ("ticker", "trades"),
+    interval: str = "100ms",
+    feed: str = "test-feed",
+    shard: int = 0,
+    shards: int = 1,
+    generation: int = 1,
+) -> dict[str, Any]:
+    return {
+        "feed": feed,
+        "namespace": "test",
+        "shard": shard,
+        "shards": shards,
+        "generation": generation,
+        "currency": currency,
+        "interval": interval,
+        "channels": list(channels),
+        "instruments": instruments,
+        "exchangeUrl": exchange_url,
+    }
+
+
+def write_atomically(path: Path, doc: dict[str, Any]) -> None:
+    """Replace ``path`` the way a kubelet or an editor does: write aside, then rename."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+
+
+@contextlib.asynccontextmanager
+async def running_collector(config: CollectorConfig) -> AsyncIterator[Collector]:
+    """A collector running in this event loop; stopped cleanly (and awaited) on exit."""
+    collector = Collector(config)
+    task = asyncio.create_task(collector.run(), name="test-collector")
+    started = asyncio.ensure_future(collector.wait_started())
+    done, _ = await asyncio.wait({task, started}, timeout=60, return_when="FIRST_COMPLETED")
+    if task in done:
+        started.cancel()
+        task.result()  # raises what stopped it
+        raise AssertionError("the collector returned before it started")
+    if not done:
+        task.cancel()
+        raise AssertionError("the collector did not start within 60 s")
+    try:
+        yield collector
+    finally:
+        collector.stop()
+        await asyncio.wait_for(task, 120)
+
+
+def local_config(**changes: Any) -> CollectorConfig:
+    base = CollectorConfig(metrics_port=0, stats_interval=3600.0, assignment_path=Path("unused"))
+    return replace(base, **changes)
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[bool]], *, within: float, what: str, every: float = 0.2
+) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+async def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(url)
+    try:
+        return list(await connection.fetch(sql, *args))
+    finally:
+        await connection.close()
+
+
+async def count(url: str, table: str) -> int:
+    """Rows in ``table``; 0 while the collector has not created it yet."""
+    try:
+        rows = await fetch(url, f"SELECT count(*) AS n FROM {table}")
+    except asyncpg.UndefinedTableError:
+        return 0
+    return int(rows[0]["n"])
+
+
+class CollectorProcess:
+    """``optionfeed collect`` as a child process, for signals and exit codes."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = list(args)
+        self.env = env or {}
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in wait())
+            prefix="optionfeed-collect-", suffix=".log", delete=False
+        )
+        self.log_path = Path(self._log.name)
+        self.process: subprocess.Popen[bytes] | None = None
+        self._final_output: str | None = None
+
+    def start(self) -> CollectorProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIONFEED_")}
+        env.pop("DATABASE_URL", None)
+        env.update(self.env)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "optionfeed", "collect", *self.args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        return self
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 120) -> int:
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    @property
+    def output(self) -> str:
+        """Everything the process printed (kept after the ``with`` block ends)."""
+        if self._final_output is not None:
+            return self._final_output
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> CollectorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+        self._final_output = self.output
+        with contextlib.suppress(OSError):
+            self._log.close()
+            self.log_path.unlink()
