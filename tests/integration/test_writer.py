@@ -290,50 +290,6 @@ async def test_close_with_the_database_gone_reports_the_unwritten_rows_and_does_
     assert sink.events[-1] == "close"
 
 
-class MemorySink:
-    """A fallback that keeps what it is given (the seam a disk spool plugs into)."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, list[Row]] = {}
-
-    async def open(self) -> None:
-        pass
-
-    async def write(self, batch: Batch) -> WriteResult:
-        for table, rows in batch.rows.items():
-            self.rows.setdefault(table.name, []).extend(rows)
-        return WriteResult(time.time())
-
-    async def close(self) -> None:
-        pass
-
-
-async def test_batches_the_database_cannot_take_go_to_the_fallback(
-    postgres: TempPostgres, database_url: str
-) -> None:
-    fallback = MemorySink()
-    sink = ObservedSink(database_url)
-    writer = Writer(
-        sink,
-        metrics=Metrics(),
-        fallback=fallback,
-        fallback_after=2,
-        retry_base=0.01,
-        retry_cap=0.02,
-    )
-    await writer.open()
-    postgres.stop()
-    try:
-        await writer.put_many(tables.QUOTES, [quote(i) for i in range(25)])
-        await asyncio.wait_for(writer.flush(), 20)
-        await writer.close()
-    finally:
-        postgres.start()
-    assert len(fallback.rows["option_quotes"]) == 25
-    assert len(sink.failures) >= 2
-    assert writer.stats.handed_on == 25
-
-
 async def test_reference_tables_upsert_keeping_first_seen(
     sink: ObservedSink, database_url: str
 ) -> None:

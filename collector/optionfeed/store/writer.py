@@ -51,7 +51,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from types import TracebackType
@@ -114,6 +114,19 @@ class WriterMetrics(Protocol):
     dropped_rows_total: Counter
 
 
+class Fallback(BatchSink, Protocol):
+    """A sink that keeps batches for later (the disk spool) and gives them back in order."""
+
+    @property
+    def engaged(self) -> bool:
+        """Batches are waiting in it; new ones must not skip ahead of a database that is down."""
+        ...
+
+    async def replay(self, write: Callable[[Batch], Awaitable[WriteResult]]) -> int:
+        """Write its oldest batches with ``write``; rows replayed (0 when it held none)."""
+        ...
+
+
 class Writer:
     """Buffers rows per table and writes them in batches through a sink; see the module doc."""
 
@@ -126,7 +139,7 @@ class Writer:
         max_age: float = DEFAULT_MAX_AGE,
         capacity_rows: int = DEFAULT_CAPACITY_ROWS,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-        fallback: BatchSink | None = None,
+        fallback: Fallback | None = None,
         fallback_after: int = 3,
         retry_base: float = 0.1,
         retry_cap: float = 5.0,
@@ -167,6 +180,8 @@ class Writer:
         self._last_error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._replay_task: asyncio.Task[None] | None = None
+        self._spooled = asyncio.Event()  # a batch went to the fallback: wake the replay
         self._wake = asyncio.Event()  # the flusher should look at the buffer
         self._room = asyncio.Event()  # a commit made room, or the writer stopped
         self._progress = asyncio.Event()  # a batch finished
@@ -230,6 +245,8 @@ class Writer:
             lambda: (self._count + self._inflight_rows) / self._capacity
         )
         self._task = asyncio.create_task(self._run(), name="optionfeed-writer")
+        if self._fallback is not None:
+            self._replay_task = asyncio.create_task(self._replay(), name="optionfeed-spool-replay")
 
     @property
     def closed(self) -> bool:
@@ -388,6 +405,9 @@ class Writer:
         backoff = Backoff(self._retry_base, self._retry_cap, self._rng)
         attempts = 0
         while True:
+            fallback = self._fallback
+            if fallback is not None and fallback.engaged and await self._hand_on(batch):
+                return  # the database is behind the spool: queue there, don't wait on it
             try:
                 result = await self._sink.write(batch)
             except BatchNotWritten as exc:
@@ -419,11 +439,24 @@ class Writer:
             log.error("batch %d could not be handed to the fallback either: %r", batch.seq, exc)
             return False
         self.stats.handed_on += batch.count
-        log.warning("batch %d (%d rows) handed to the fallback sink", batch.seq, batch.count)
+        if not self._spooled.is_set():
+            log.warning(
+                "the database is not taking writes: batches go to the disk spool from batch %d "
+                "(%d rows) until it is back",
+                batch.seq,
+                batch.count,
+            )
+        self._spooled.set()
         self._finished(batch)
         return True
 
     def _committed(self, batch: Batch, result: WriteResult) -> None:
+        self._account(batch, result)
+        self.stats.batches += 1
+        self._finished(batch)
+
+    def _account(self, batch: Batch, result: WriteResult) -> None:
+        """Metrics and stats of a batch the database committed (live or replayed)."""
         m = self.metrics
         stats = self.stats
         for name, n in result.inserted.items():
@@ -444,8 +477,31 @@ class Writer:
             stats.rejected += result.rejected
         m.last_commit_timestamp_seconds.set(result.committed_at)
         self.last_commit_at = result.committed_at
-        stats.batches += 1
-        self._finished(batch)
+
+    async def _replay(self) -> None:
+        """Drain the fallback into the database whenever it holds batches and the database is up."""
+        fallback = self._fallback
+        assert fallback is not None
+        backoff = Backoff(self._retry_base, self._retry_cap, self._rng)
+        while True:
+            if not fallback.engaged:
+                self._spooled.clear()
+                await self._spooled.wait()
+                continue
+            try:
+                replayed = await fallback.replay(self._write_replayed)
+            except BatchNotWritten as exc:
+                self.metrics.write_errors_total.labels(exc.reason).inc()
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            if replayed and _drained(fallback):
+                log.info("the disk spool is replayed into the database; writing directly again")
+
+    async def _write_replayed(self, batch: Batch) -> WriteResult:
+        result = await self._sink.write(batch)
+        self._account(batch, result)
+        return result
 
     def _finished(self, batch: Batch) -> None:
         self._inflight = None
@@ -466,6 +522,9 @@ class Writer:
             return
         self._closing = True
         self._wake.set()
+        if self._replay_task is not None:
+            self._replay_task.cancel()
+            await asyncio.gather(self._replay_task, return_exceptions=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._close_timeout
         cancelled = False
@@ -539,3 +598,8 @@ class Writer:
             ", ".join(f"{name} {n}" for name, n in sorted(unwritten.items())),
             self._last_error,
         )
+
+
+def _drained(fallback: Fallback) -> bool:
+    # A function, not an inline test: the replay just awaited, so `engaged` may have changed.
+    return not fallback.engaged
