@@ -5,9 +5,9 @@ Each subcommand lives in the package that owns it, as a module with two function
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...
     def run(args: argparse.Namespace) -> int: ...
 
-The table below names those modules as strings and they are imported on demand, so ``optionfeed
-operator`` can load the control plane without the data plane importing it, and a slow import in
-one command never slows another. Heavy imports belong inside ``run``.
+The table below names those modules as strings, and only the module of the command being run is
+imported, so ``optionfeed operator`` loads the control plane without the data plane importing it,
+and one command's imports never slow or break another. Heavy imports belong inside ``run``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,27 @@ def load_command(name: str) -> Command:
     return cast(Command, module)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command | None]]:
+def command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names, found without importing any command module."""
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg == "--log-level":
+            skip_next = True
+        elif not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(
+    selected: str | None = None,
+) -> tuple[argparse.ArgumentParser, dict[str, Command | None]]:
+    """The parser; only the ``selected`` command's module is imported to add its options.
+
+    Importing one command at a time keeps each command independent of the others: a slow or broken
+    import in one never affects another, and ``optionfeed --help`` imports none.
+    """
     parser = argparse.ArgumentParser(
         prog="optionfeed",
         description="Record Deribit options market data (quotes, greeks, trades, books) "
@@ -72,14 +92,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command | None]]:
     loaded: dict[str, Command | None] = {}
     for name, (_, summary) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=summary, description=summary)
-        try:
-            command: Command | None = load_command(name)
-        except CommandUnavailable:
-            command = None
+        command: Command | None = None
+        if name == selected:
+            try:
+                command = load_command(name)
+            except CommandUnavailable:
+                command = None
         if command is not None:
             command.add_arguments(sub_parser)
         else:
-            # Accept anything, so the user learns the command is missing rather than that a flag is.
+            # Accept anything: either this command is not the one being run, or it is missing
+            # (then the user learns that, rather than that a flag is unknown).
             sub_parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         loaded[name] = command
     return parser, loaded
@@ -94,8 +117,9 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, commands = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser, commands = build_parser(command_in(arguments))
+    args = parser.parse_args(arguments)
     command = commands[args.command]
     if command is None:
         print(f"optionfeed: the '{args.command}' command is not implemented yet", file=sys.stderr)

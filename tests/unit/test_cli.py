@@ -37,4 +37,18 @@ def test_logged_urls_never_show_the_password() -> None:
 
 
 def test_a_malformed_url_is_masked_without_raising() -> None:
-    assert settings.mask_url("postgresql://me:s3cret@db:99999/x") == "postgresql://me:***@db:99999/x"
+    assert (
+        settings.mask_url("postgresql://me:s3cret@db:99999/x") == "postgresql://me:***@db:99999/x"
+    )
+
+
+def test_only_the_command_being_run_is_imported() -> None:
+    import sys
+
+    assert cli.command_in(["--log-level", "DEBUG", "simulate", "--port", "1"]) == "simulate"
+    assert cli.command_in(["--help"]) is None
+    sys.modules.pop("optionfeed_operator.command", None)
+    _, loaded = cli.build_parser("migrate")
+    assert loaded["migrate"] is not None
+    assert loaded["operator"] is None
+    assert "optionfeed_operator.command" not in sys.modules

@@ -4,14 +4,21 @@ What runs, and the order it stops in::
 
     embedded PostgreSQL (when no URL)      stops last
       probe server (/metrics /livez /readyz)
-        writer (its pool belongs to it)    flushes every buffered row, then closes the pool
-          REST client
-            feed (the exchange connections) stops reading first, draining what was sent
-              background tasks             cancelled first: assignment watch, stats, heartbeat
+        writer + disk spool                flushes every buffered row, then closes the pool
+          (gap rows still queued)          written after the feed stopped, before the writer
+            REST client
+              feed (exchange connections)  stops reading first, draining what was sent
+                background tasks           cancelled first: gaps, backfill, refresh, stats...
 
 Everything is entered on one ``AsyncExitStack``, so it unwinds in exactly the reverse order, on a
 signal, at the end of ``--duration``, or on an error. The writer outlives everything that could
 give it rows, which is what makes "pool is closed" impossible and loses nothing received.
+
+While it runs, the collector keeps its instruments current without restarting: listings and
+expiries arrive on ``instrument.state``; an assignment file is followed live; in local mode it
+re-ranks every ``refresh_interval``. Gaps are recorded and trades backfilled
+(:mod:`~optionfeed.collector.gaps`, :mod:`~optionfeed.collector.backfill`); when the database is
+down, batches wait in the disk spool (:mod:`optionfeed.store.spool`).
 """
 
 from __future__ import annotations
@@ -33,19 +40,26 @@ import aiohttp
 from optionfeed import __version__
 from optionfeed.backoff import Backoff
 from optionfeed.collector.assignment import Assignment, read_assignment, watch_assignment
+from optionfeed.collector.backfill import Backfiller
 from optionfeed.collector.connection import ConnectionSettings
-from optionfeed.collector.feed import Feed
+from optionfeed.collector.feed import Feed, instrument_of
+from optionfeed.collector.gaps import DEFAULT_STALE_AFTER, GapRecorder
+from optionfeed.collector.lifecycle import Lifecycle
 from optionfeed.collector.normalize import NormalizeError, instrument_row
-from optionfeed.collector.router import Events, Router
+from optionfeed.collector.pacing import RequestPacer
+from optionfeed.collector.router import Router
 from optionfeed.deribit import channels as ch
-from optionfeed.deribit.errors import ExchangeUnreachable, RpcError
+from optionfeed.deribit.errors import ExchangeUnreachable, ProtocolError, RpcError
 from optionfeed.deribit.messages import Instrument
 from optionfeed.deribit.ranking import RankBy
 from optionfeed.deribit.rest import RestClient, fetch_ranking
 from optionfeed.settings import mask_url
 from optionfeed.store import tables
+from optionfeed.store.connection import connect
 from optionfeed.store.embedded import EmbeddedPostgres
+from optionfeed.store.queries import last_trades
 from optionfeed.store.records import status_row
+from optionfeed.store.spool import DEFAULT_MAX_BYTES, Spool
 from optionfeed.store.writer import Writer
 from optionfeed.telemetry.health import HealthServer
 from optionfeed.telemetry.metrics import Metrics
@@ -76,6 +90,8 @@ class CollectorConfig:
     exchange_url: str = DEFAULT_EXCHANGE_URL
     database_url: str | None = None
     data_dir: Path = Path(".optionfeed")
+    spool_dir: Path | None = None  # default: <data_dir>/spool
+    spool_max_bytes: int = DEFAULT_MAX_BYTES
     metrics_port: int = 9464
     metrics_host: str = "0.0.0.0"
     duration: float | None = None
@@ -89,6 +105,9 @@ class CollectorConfig:
     flush_interval: float = 0.25
     batch_rows: int = 10_000
     buffer_rows: int = 50_000
+    refresh_interval: float = 300.0
+    stale_after: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_STALE_AFTER))
+    backfill_workers: int = 2
     stats_interval: float = 60.0
     status_interval: float = 15.0
     pod: str = field(default_factory=lambda: os.environ.get("POD_NAME") or socket.gethostname())
@@ -97,17 +116,32 @@ class CollectorConfig:
         if (self.assignment_path is None) == (self.local is None):
             raise ValueError("give either an assignment file or a local plan (currency, top)")
 
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir if self.spool_dir is not None else self.data_dir / "spool"
+
 
 @dataclass(slots=True)
 class Plan:
-    """What to record: the feed's identity and its channels."""
+    """What to record: the feed's identity, its instruments and their channel families."""
 
     feed: str
     shard: int
     currency: str
-    channels: frozenset[str]
     instruments: tuple[str, ...]
+    families: tuple[str, ...]
+    interval: str
     exchange_url: str
+
+    def channels(self, leaving: set[str] | frozenset[str] = frozenset()) -> frozenset[str]:
+        """Every channel to hold: each family of each instrument not ``leaving``, and lifecycle."""
+        data = {
+            ch.feed_channel(family, instrument, self.interval)
+            for instrument in self.instruments
+            if instrument not in leaving
+            for family in self.families
+        }
+        return frozenset(data) | lifecycle_channels(self.currency)
 
 
 def plan_from_assignment(assignment: Assignment, default_url: str) -> Plan:
@@ -115,8 +149,9 @@ def plan_from_assignment(assignment: Assignment, default_url: str) -> Plan:
         feed=assignment.feed,
         shard=assignment.shard,
         currency=assignment.currency,
-        channels=assignment.channel_names() | lifecycle_channels(assignment.currency),
         instruments=assignment.instruments,
+        families=assignment.channels,
+        interval=assignment.interval,
         exchange_url=assignment.exchange_url or default_url,
     )
 
@@ -126,31 +161,28 @@ def lifecycle_channels(currency: str) -> frozenset[str]:
     return frozenset({ch.instrument_state(currency), ch.PLATFORM_STATE})
 
 
-def plan_channels(
-    instruments: tuple[str, ...], families: tuple[str, ...], interval: str
-) -> set[str]:
-    return {ch.feed_channel(f, i, interval) for i in instruments for f in families}
-
-
 class Collector:
     """Records until :meth:`stop`; see the module docstring for the order of things."""
 
-    def __init__(
-        self,
-        config: CollectorConfig,
-        *,
-        metrics: Metrics | None = None,
-        events: Events | None = None,
-    ) -> None:
+    def __init__(self, config: CollectorConfig, *, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
-        self.events = events or Events()
         self.started_at = time.time()
         self.plan: Plan | None = None
         self.writer: Writer | None = None
+        self.spool: Spool | None = None
         self.router: Router | None = None
         self.feed: Feed | None = None
+        self.gaps: GapRecorder | None = None
+        self.backfill: Backfiller | None = None
+        self.lifecycle: Lifecycle | None = None
         self.database_url: str | None = None
+        self.pacer = RequestPacer()
+        self.instruments: dict[str, Instrument] = {}  # reference data seen, by name
+        self.gone: set[str] = set()  # instruments delivered/closed: never subscribed again
+        self._rest: RestClient | None = None
+        self._refresh_soon = asyncio.Event()
+        self._spawned: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._ready_event = asyncio.Event()
 
@@ -200,13 +232,15 @@ class Collector:
         writer = self.writer
         if writer is None or writer.closed:
             return False, "writer not open"
-        last_commit = writer.last_commit_at
+        spool = self.spool
+        if spool is not None and spool.engaged:
+            full = spool.fill_ratio >= 1.0
+            return not full, f"spooling to disk ({spool.fill_ratio:.0%} of the spool used)"
         pending = writer.buffered_rows
         if pending == 0:
             return True, "nothing waiting"
-        age = time.time() - last_commit if last_commit else float("inf")
-        ok = age < 30.0
-        return ok, f"{pending} rows waiting, last commit {age:.1f} s ago"
+        age = time.time() - writer.last_commit_at if writer.last_commit_at else float("inf")
+        return age < 30.0, f"{pending} rows waiting, last commit {age:.1f} s ago"
 
     # ----------------------------------------------------------------- the run
 
@@ -231,56 +265,51 @@ class Collector:
                         host=config.metrics_host,
                     )
                 )
-            self.writer = await stack.enter_async_context(
+            self.spool = Spool(
+                config.spool_path, metrics=self.metrics, max_bytes=config.spool_max_bytes
+            )
+            writer = self.writer = await stack.enter_async_context(
                 Writer.connect(
                     url,
                     metrics=self.metrics,
                     max_age=config.flush_interval,
                     batch_rows=config.batch_rows,
                     capacity_rows=config.buffer_rows,
+                    fallback=self.spool,
                 )
             )
-            log.info("writing to %s", mask_url(url))
+            log.info("writing to %s (spool: %s)", mask_url(url), config.spool_path)
             session = await stack.enter_async_context(aiohttp.ClientSession())
-            plan, instruments = await self._initial_plan(session, assignment)
+            plan = await self._initial_plan(session, assignment)
             if plan is None:
                 return  # stopped before the exchange could be reached
             self.plan = plan
             self.metrics.info.info(
                 {"feed": plan.feed, "shard": str(plan.shard), "version": __version__}
             )
-            rest = RestClient(plan.exchange_url, session)
-            self.router = Router(self.writer, self.metrics, events=self.events)
-            self.feed = await stack.enter_async_context(
-                Feed(
-                    ConnectionSettings(
-                        url=plan.exchange_url,
-                        client_name="optionfeed",
-                        client_version=__version__,
-                        heartbeat_interval=config.heartbeat_interval,
-                        client_id=config.client_id,
-                        client_secret=config.client_secret,
-                    ),
-                    self.router,
-                    metrics=self.metrics,
-                    observer=None,
-                    channels_per_connection=config.channels_per_connection,
-                    max_connections=config.max_connections,
-                )
-            )
-            self.feed.set_channels(plan.channels)
+            rest = self._rest = RestClient(plan.exchange_url, session)
+            gaps, feed = self._build_pipeline(plan, rest, writer)
+            # Rows queued by hooks when the feed stops are written after it, before the writer.
+            stack.push_async_callback(gaps.flush, writer)
+            stack.push_async_callback(self._await_spawned)
+            await self._seed_trades(url, plan)
+            self.feed = await stack.enter_async_context(feed)
+            feed.set_channels(plan.channels(self.gone))
             log.info(
                 "recording %d instruments of %s (%d channels) from %s as feed %s shard %d",
                 len(plan.instruments),
                 plan.currency,
-                len(plan.channels),
+                len(feed.channels),
                 plan.exchange_url,
                 plan.feed,
                 plan.shard,
             )
             tasks = _TaskSet()
             stack.push_async_callback(tasks.cancel_all)
-            tasks.start(self._keep_instruments(rest, plan.currency, instruments), "instruments")
+            assert self.backfill is not None
+            tasks.start(gaps.run(writer), "gaps")
+            tasks.start(self.backfill.run(), "backfill")
+            tasks.start(self._refresh_loop(rest), "refresh")
             tasks.start(self._stats_loop(), "stats")
             tasks.start(self._status_loop(), "status")
             if config.assignment_path is not None:
@@ -289,6 +318,74 @@ class Collector:
             await self._wait_for_stop(tasks)
             log.info("stopping: draining the exchange connections, then writing buffered rows")
         log.info("stopped cleanly")
+
+    def _build_pipeline(
+        self, plan: Plan, rest: RestClient, writer: Writer
+    ) -> tuple[GapRecorder, Feed]:
+        config = self.config
+        router = self.router = Router(writer, self.metrics)
+        backfill: Backfiller | None = None
+
+        def recover(recovery: Any) -> None:
+            assert backfill is not None
+            backfill.request(recovery)
+
+        gaps = self.gaps = GapRecorder(
+            feed=plan.feed,
+            shard=plan.shard,
+            metrics=self.metrics,
+            trades=router.trades,
+            recover=recover,
+            resync=lambda channel: feed.resubscribe(channel),
+            stale_after=config.stale_after,
+        )
+        backfill = self.backfill = Backfiller(
+            rest,
+            writer,
+            pacer=self.pacer,
+            trades=router.trades,
+            on_recovered=gaps.recovered,
+            workers=config.backfill_workers,
+        )
+        self.lifecycle = Lifecycle(
+            metrics=self.metrics,
+            listed=self._listed,
+            settling=self._settling,
+            gone=self._gone,
+        )
+        router.attach(events=gaps, lifecycle=self.lifecycle)
+        feed = Feed(
+            ConnectionSettings(
+                url=plan.exchange_url,
+                client_name="optionfeed",
+                client_version=__version__,
+                heartbeat_interval=config.heartbeat_interval,
+                client_id=config.client_id,
+                client_secret=config.client_secret,
+            ),
+            router,
+            metrics=self.metrics,
+            observer=gaps,
+            channels_per_connection=config.channels_per_connection,
+            max_connections=config.max_connections,
+            pacer=self.pacer,
+        )
+        return gaps, feed
+
+    async def _seed_trades(self, url: str, plan: Plan) -> None:
+        """Fetch the trades of the time this feed was not recorded (a restart, a crash)."""
+        if "trades" not in plan.families or not plan.instruments or self.gaps is None:
+            return
+        connection = await connect(url)
+        try:
+            seeds = await last_trades(connection, plan.instruments)
+        finally:
+            await connection.close()
+        now = time.time()
+        for instrument, (last_seq, last_ts) in seeds.items():
+            self.gaps.restarted(instrument, last_seq, last_ts, now)
+        if seeds:
+            log.info("checking %d instruments for trades missed while not recording", len(seeds))
 
     async def _wait_for_stop(self, tasks: _TaskSet) -> None:
         stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
@@ -301,33 +398,41 @@ class Collector:
 
     async def _initial_plan(
         self, session: aiohttp.ClientSession, assignment: Assignment | None
-    ) -> tuple[Plan | None, list[Instrument]]:
+    ) -> Plan | None:
         config = self.config
         if assignment is not None:
-            return plan_from_assignment(assignment, config.exchange_url), []
+            return plan_from_assignment(assignment, config.exchange_url)
         assert config.local is not None
-        local = config.local
         rest = RestClient(config.exchange_url, session)
+        names = await self._rank(rest)
+        if names is None:
+            return None
+        local = config.local
+        return Plan(
+            feed=local.feed,
+            shard=0,
+            currency=local.currency,
+            instruments=names,
+            families=local.channels,
+            interval=local.interval,
+            exchange_url=config.exchange_url,
+        )
+
+    async def _rank(self, rest: RestClient) -> tuple[str, ...] | None:
+        """Local mode: the top-N live options, by the configured key; None if stopped first."""
+        local = self.config.local
+        assert local is not None
         result = await self._until_reachable(
             lambda: fetch_ranking(rest, local.currency, top_n=local.top, rank_by=local.rank_by),
             f"rank {local.currency} options",
         )
         if result is None:
-            return None, []
+            return None
         ranked, instruments = result
+        self._remember(instruments)
         if not ranked:
             log.warning("the exchange lists no live %s options; nothing to record", local.currency)
-        names = tuple(ranked)
-        plan = Plan(
-            feed=local.feed,
-            shard=0,
-            currency=local.currency,
-            channels=frozenset(plan_channels(names, local.channels, local.interval))
-            | lifecycle_channels(local.currency),
-            instruments=names,
-            exchange_url=config.exchange_url,
-        )
-        return plan, instruments
+        return tuple(ranked)
 
     async def _until_reachable(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
         """Run ``call`` until it succeeds, retrying with backoff while the exchange is away."""
@@ -335,7 +440,7 @@ class Collector:
         while not self._stop.is_set():
             try:
                 return await call()
-            except (ExchangeUnreachable, RpcError) as exc:
+            except (ExchangeUnreachable, RpcError, ProtocolError) as exc:
                 if isinstance(exc, RpcError) and not exc.transient:
                     raise
                 delay = backoff.next_delay()
@@ -344,33 +449,108 @@ class Collector:
                     await asyncio.wait_for(self._stop.wait(), delay)
         return None
 
-    # ----------------------------------------------------------------- background work
+    # ----------------------------------------------------------------- instruments
 
-    async def _keep_instruments(
-        self, rest: RestClient, currency: str, known: list[Instrument]
+    def _remember(self, instruments: list[Instrument]) -> None:
+        for instrument in instruments:
+            if instrument.get("kind", "option") == "option":
+                self.instruments[instrument["instrument_name"]] = instrument
+
+    async def _store_instruments(
+        self, instruments: list[Instrument], *, expired: bool = False
     ) -> None:
-        """Upsert the currency's instruments (reference data) into ``instruments``."""
-        instruments = known or await self._until_reachable(
-            lambda: rest.get_instruments(currency), f"list {currency} instruments"
-        )
-        if instruments:
-            await self._store_instruments(instruments)
-
-    async def _store_instruments(self, instruments: list[Instrument]) -> None:
         assert self.writer is not None
         now = time.time()
-        stored = 0
         for instrument in instruments:
-            if instrument.get("kind") != "option":
-                continue
             try:
-                row = instrument_row(instrument, now)
+                row = instrument_row(instrument, now, expired=expired)
             except NormalizeError as exc:
                 log.warning("instrument %s not stored: %s", instrument.get("instrument_name"), exc)
                 continue
             await self.writer.put(tables.INSTRUMENTS, row)
-            stored += 1
-        log.info("stored reference data of %d instruments", stored)
+
+    async def _refresh_loop(self, rest: RestClient) -> None:
+        """Reference data now and every ``refresh_interval``; local mode also re-ranks then."""
+        assert self.plan is not None
+        first = True
+        while True:
+            instruments = await self._until_reachable(
+                lambda: rest.get_instruments(self.plan.currency if self.plan else ""),
+                "list instruments",
+            )
+            if instruments:
+                self._remember(instruments)
+                await self._store_instruments(list(self.instruments.values()))
+                if first:
+                    log.info("stored reference data of %d instruments", len(self.instruments))
+            if not first and self.config.local is not None:
+                await self._rerank(rest)
+            first = False
+            self._refresh_soon.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh_soon.wait(), self.config.refresh_interval)
+
+    async def _rerank(self, rest: RestClient) -> None:
+        plan, feed = self.plan, self.feed
+        assert plan is not None
+        assert feed is not None
+        names = await self._rank(rest)
+        if names is None or names == plan.instruments:
+            return
+        plan.instruments = names
+        diff = feed.set_channels(plan.channels(self.gone))
+        self._forget_removed(diff.removed)
+        log.info(
+            "re-ranked: %d instruments; subscribing %d and unsubscribing %d channels",
+            len(names),
+            len(diff.added),
+            len(diff.removed),
+        )
+
+    def _listed(self, name: str) -> None:
+        if name not in self.instruments:
+            log.info("%s was listed", name)
+            self._refresh_soon.set()  # reference data now, and (local mode) a re-rank
+
+    def _settling(self, name: str, ts_ms: int) -> None:
+        # Keep recording through settlement: the final tickers carry the delivery price.
+        instrument = self.instruments.get(name)
+        if instrument is not None and self.writer is not None:
+            expired: Instrument = {**instrument, "state": "settlement"}
+            self._spawn(self._store_instruments([expired], expired=True))
+
+    def _gone(self, name: str, state: str, ts_ms: int) -> None:
+        plan, feed = self.plan, self.feed
+        if plan is None or feed is None or name in self.gone:
+            return
+        self.gone.add(name)
+        if name in plan.instruments:
+            diff = feed.set_channels(plan.channels(self.gone))
+            self._forget_removed(diff.removed)
+            log.info("%s is %s: unsubscribed its %d channels", name, state, len(diff.removed))
+        instrument = self.instruments.get(name)
+        if instrument is not None:
+            delivered: Instrument = {**instrument, "state": state, "is_active": False}
+            self._spawn(self._store_instruments([delivered], expired=True))
+
+    def _forget_removed(self, channels: frozenset[str]) -> None:
+        assert self.router is not None
+        assert self.gaps is not None
+        for instrument in {instrument_of(c) for c in channels} - {""}:
+            self.router.trades.forget(instrument)
+            self.router.books.forget(instrument)
+            self.gaps.forget(instrument)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a short write (reference data) from a synchronous hook; awaited before shutdown."""
+        task = asyncio.create_task(coro)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+
+    async def _await_spawned(self) -> None:
+        await asyncio.gather(*self._spawned, return_exceptions=True)
+
+    # ----------------------------------------------------------------- assignment
 
     async def _follow_assignment(self, path: Path) -> None:
         assert self.feed is not None
@@ -386,7 +566,8 @@ class Collector:
                     self.plan.exchange_url,
                 )
                 plan.exchange_url = self.plan.exchange_url
-            diff = self.feed.set_channels(plan.channels)
+            diff = self.feed.set_channels(plan.channels(self.gone))
+            self._forget_removed(diff.removed)
             self.plan = plan
             log.info(
                 "assignment generation %d: %d instruments; subscribing %d and unsubscribing %d "
@@ -397,16 +578,20 @@ class Collector:
                 len(diff.removed),
             )
 
+    # ----------------------------------------------------------------- reporting
+
     def stats_line(self) -> str:
         router, writer = self.router, self.writer
         if router is None or writer is None:
             return "STATS starting"
         c, s = router.counts, writer.stats
         written = sum(s.inserted.values())
+        gaps = self.gaps.opened if self.gaps else 0
+        spool = f" spool={self.spool.fill_ratio:.0%}" if self.spool and self.spool.engaged else ""
         return (
             f"STATS ticks={c.tickers} quotes={c.quotes} trades={c.trades} books={c.books} "
-            f"errors={c.rejected + s.failed_attempts} buffer={writer.fill_ratio:.0%} "
-            f"rows_written={written}"
+            f"errors={c.rejected + s.failed_attempts} gaps={gaps} buffer={writer.fill_ratio:.0%}"
+            f"{spool} rows_written={written}"
         )
 
     async def _stats_loop(self) -> None:
@@ -416,9 +601,9 @@ class Collector:
 
     async def _status_loop(self) -> None:
         assert self.writer is not None
-        assert self.plan is not None
         while True:
             plan, feed, router = self.plan, self.feed, self.router
+            assert plan is not None
             counters = {}
             if router is not None:
                 c = router.counts
@@ -428,6 +613,7 @@ class Collector:
                     "trades": c.trades,
                     "books": c.books,
                     "rejected": c.rejected,
+                    "gaps": self.gaps.opened if self.gaps else 0,
                 }
             await self.writer.put(
                 tables.STATUS,

@@ -114,6 +114,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="local state: the embedded database",
     )
+    add_option(
+        where,
+        "--spool-dir",
+        type=Path,
+        metavar="DIR",
+        help="where batches wait while the database is down (default: <data-dir>/spool)",
+    )
+    add_option(
+        where,
+        "--spool-max-bytes",
+        type=positive_int,
+        default=2 * 1024**3,
+        metavar="BYTES",
+        help="size limit of the spool; when full, reading from the exchange slows down",
+    )
     add_option(where, "--client-id", metavar="ID", help="Deribit API key id (for raw channels)")
     add_option(where, "--client-secret", metavar="SECRET", help="Deribit API key secret")
     run = parser.add_argument_group("running")
@@ -157,6 +172,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.25,
         metavar="SECONDS",
         help="longest a row waits in the buffer before it is written",
+    )
+    add_option(
+        run,
+        "--refresh-interval",
+        type=positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how often reference data is refreshed (and, in local mode, instruments re-ranked)",
+    )
+    add_option(
+        run,
+        "--stale-after",
+        type=positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a ticker silent this long is recorded as a stale gap",
     )
     add_option(
         run,
@@ -208,6 +239,10 @@ def _config_from(args: argparse.Namespace) -> object:
         channels_per_connection=args.channels_per_connection,
         flush_interval=args.flush_interval,
         buffer_rows=args.buffer_rows,
+        spool_dir=args.spool_dir,
+        spool_max_bytes=args.spool_max_bytes,
+        refresh_interval=args.refresh_interval,
+        stale_after={"ticker": args.stale_after},
     )
 
 

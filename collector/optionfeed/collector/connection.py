@@ -158,6 +158,7 @@ class ExchangeConnection:
         self.acked: set[str] = set()  # what the exchange acknowledged on the current session
         self.refused: dict[str, str] = {}  # channel -> reason; not retried (e.g. raw without auth)
         self._retry_at: dict[str, float] = {}  # left out by the exchange -> when to ask again
+        self._resubscribe: set[str] = set()  # held channels to unsubscribe and subscribe again
 
         self._ws: BytesWebSocket | None = None
         self._ready = False  # hello/heartbeat done on the current session
@@ -189,6 +190,13 @@ class ExchangeConnection:
             for channel in gone:
                 self.refused.pop(channel, None)
                 self._retry_at.pop(channel, None)
+            self._wake.set()
+
+    def resubscribe(self, channels: Iterable[str]) -> None:
+        """Unsubscribe and subscribe again (a book's fresh snapshot), on this session only."""
+        again = self.held & set(channels)
+        if again:
+            self._resubscribe |= again
             self._wake.set()
 
     @property
@@ -493,6 +501,13 @@ class ExchangeConnection:
             await ws.close()
 
     async def _reconcile(self) -> None:
+        again = sorted(self._resubscribe & self.acked)
+        self._resubscribe.clear()
+        for batch in subscribe_batches(again):
+            if await self._call_channels("public/unsubscribe", batch) is not None:
+                gone = self.acked & set(batch)
+                self.acked -= gone
+                self._metrics.subscribed_channels.dec(len(gone))
         now = time.monotonic()
         due = {c for c, at in self._retry_at.items() if at <= now}
         waiting = self._retry_at.keys() - due

@@ -70,6 +70,7 @@ class Feed:
         observer: Observer | None = None,
         channels_per_connection: int = DEFAULT_CHANNELS_PER_CONNECTION,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        pacer: RequestPacer | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if channels_per_connection < 1 or max_connections < 1:
@@ -81,7 +82,7 @@ class Feed:
         self._budget = channels_per_connection
         self._max_connections = max_connections
         self._rng = rng or random.Random()
-        self._pacer = RequestPacer()
+        self._pacer = pacer or RequestPacer()
         self._session: aiohttp.ClientSession | None = None
         self.connections: list[ExchangeConnection] = []
         self._placement: dict[str, ExchangeConnection] = {}  # instrument -> its connection
@@ -186,6 +187,12 @@ class Feed:
         self.connections.append(connection)
         connection.start()
         return connection
+
+    def resubscribe(self, channel: str) -> None:
+        """Ask the exchange for ``channel`` afresh (a new book snapshot), on its own connection."""
+        connection = self._placement.get(instrument_of(channel))
+        if connection is not None:
+            connection.resubscribe([channel])
 
     # ----------------------------------------------------------------- state
 

@@ -52,6 +52,12 @@ class Events:
     def book_break(self, brk: BookBreak, channel: str, at: float) -> None:
         """A book lost continuity: resync that instrument only."""
 
+    def book_resynced(self, instrument: str, at: float) -> None:
+        """A snapshot restored the book of an instrument that had lost continuity."""
+
+    def trade_seen(self, instrument: str, trade_seq: int, at: float) -> None:
+        """A trade arrived on the stream (after the gap check)."""
+
     def seen(self, instrument: str, family: str, at: float) -> None:
         """A notification of ``family`` arrived for ``instrument`` (for staleness)."""
 
@@ -80,12 +86,14 @@ class Router:
         metrics: Metrics,
         *,
         events: Events | None = None,
+        lifecycle: Events | None = None,
         trades: TradeSequences | None = None,
         books: BookChains | None = None,
     ) -> None:
         self._rows = rows
         self._metrics = metrics
         self._events = events or Events()
+        self._lifecycle = lifecycle or Events()
         self.trades = trades or TradeSequences()
         self.books = books or BookChains()
         self.counts = Counts()
@@ -103,6 +111,17 @@ class Router:
             )
         }
         metrics.last_message_timestamp_seconds.set_function(lambda: self.last_message_at)
+
+    def attach(self, *, events: Events | None = None, lifecycle: Events | None = None) -> None:
+        """Set the listeners after construction (they need the router's sequence trackers).
+
+        Call before the first notification: handlers bind their listener when first routed.
+        """
+        if events is not None:
+            self._events = events
+        if lifecycle is not None:
+            self._lifecycle = lifecycle
+        self._routes.clear()
 
     # ----------------------------------------------------------------- Sink
 
@@ -196,35 +215,40 @@ class Router:
             counts.trades += len(rows)
             for trade in data:  # trade_rows checked the shape of every element
                 instrument = trade["instrument_name"]
-                gap = observe(instrument, trade["trade_seq"])
+                seq = trade["trade_seq"]
+                gap = observe(instrument, seq)
                 if gap is not None:
                     events.trade_gap(gap, recv_ts)
-                events.seen(instrument, "trades", recv_ts)
+                events.trade_seen(instrument, seq, recv_ts)
             await put_many(table, rows)
 
         return handle
 
     def _book(self, channel_name: str, channel: Channel) -> Handler:
         put, table, count = self._rows.put, tables.BOOK, self._count["book"]
-        counts, observe, events = self.counts, self.books.observe, self._events
+        counts, books, events = self.counts, self.books, self._events
+        observe, resyncing = books.observe, books.resyncing
         instrument = channel.instrument or ""
 
         async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
             row = book_row(data, recv_ts)
             count.inc()
             counts.books += 1
+            was_resyncing = instrument in resyncing
             brk = observe(
                 instrument, data.get("type"), data["change_id"], data.get("prev_change_id")
             )
             if brk is not None:
                 events.book_break(brk, channel_name, recv_ts)
+            elif was_resyncing and instrument not in resyncing:
+                events.book_resynced(instrument, recv_ts)
             events.seen(instrument, "book", recv_ts)
             await put(table, row)
 
         return handle
 
     def _instrument_state(self) -> Handler:
-        count, events = self._count["instrument_state"], self._events
+        count, events = self._count["instrument_state"], self._lifecycle
 
         async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
             if not isinstance(data, dict) or not isinstance(data.get("instrument_name"), str):
@@ -235,7 +259,7 @@ class Router:
         return handle
 
     def _platform_state(self) -> Handler:
-        count, events = self._count["platform_state"], self._events
+        count, events = self._count["platform_state"], self._lifecycle
 
         async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
             if not isinstance(data, dict):

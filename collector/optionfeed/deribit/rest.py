@@ -117,6 +117,27 @@ class RestClient:
         )
         return cast(TradesPage, result)
 
+    async def get_last_trades_by_instrument_and_time(
+        self,
+        instrument: str,
+        *,
+        start_timestamp: int,
+        end_timestamp: int,
+        count: int = 1000,
+        sorting: str = "asc",
+    ) -> TradesPage:
+        result = await self.call(
+            "public/get_last_trades_by_instrument_and_time",
+            {
+                "instrument_name": instrument,
+                "start_timestamp": start_timestamp,
+                "end_timestamp": end_timestamp,
+                "count": count,
+                "sorting": sorting,
+            },
+        )
+        return cast(TradesPage, result)
+
     async def get_currencies(self) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], await self.call("public/get_currencies"))
 

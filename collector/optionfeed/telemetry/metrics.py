@@ -117,6 +117,11 @@ class Metrics:
             "Unix time of the last successful database commit.",
             registry=r,
         )
+        self.exchange_maintenance = Gauge(
+            "optionfeed_exchange_maintenance",
+            "1 while the exchange announces maintenance on platform_state.",
+            registry=r,
+        )
         self.spool_bytes = Gauge(
             "optionfeed_spool_bytes", "Bytes held in the disk spool.", registry=r
         )
