@@ -1,12 +1,15 @@
-"""Fixtures shared by every test level: a real PostgreSQL, started once per session."""
+"""Fixtures shared by every test level: a real PostgreSQL, started once per session, and the
+Deribit simulator."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from harness.postgres import TempPostgres, temp_database
+from harness.simulator import SimulatorProcess
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +24,39 @@ def database_url(postgres: TempPostgres) -> Iterator[str]:
     """A fresh, empty database for one test; dropped afterwards."""
     with temp_database(postgres) as url:
         yield url
+
+
+@pytest.fixture
+def simulator() -> Iterator[SimulatorProcess]:
+    """``optionfeed simulate`` on 127.0.0.1 with a fixed seed; stopped after the test."""
+    with SimulatorProcess() as sim:
+        yield sim
+
+
+# ------------------------------------------------------------------------------------ drills
+
+_FIGURES: list[str] = []
+
+
+def drills_full() -> bool:
+    """`make drills` runs the drills at full length; `make test` runs them short."""
+    return os.environ.get("OPTIONFEED_DRILLS", "").lower() == "full"
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record a drill's figure; every figure is printed at the end of the run."""
+
+    def record(text: str) -> None:
+        line = f"{request.node.name}: {text}"
+        _FIGURES.append(line)
+        print(line)
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("drill figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

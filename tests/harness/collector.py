@@ -76,7 +76,16 @@ async def running_collector(config: CollectorConfig) -> AsyncIterator[Collector]
         yield collector
     finally:
         collector.stop()
-        await asyncio.wait_for(task, 120)
+        done, _ = await asyncio.wait({task}, timeout=120)
+        if not done:
+            stacks = []
+            for other in asyncio.all_tasks():
+                frames = other.get_stack(limit=8)
+                where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+                stacks.append(f"{other.get_name()}: {where}")
+            task.cancel()
+            raise AssertionError("the collector did not stop within 120 s:\n" + "\n".join(stacks))
+        task.result()
 
 
 def local_config(**changes: Any) -> CollectorConfig:

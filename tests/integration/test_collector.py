@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -194,30 +193,6 @@ async def test_the_real_capture_replayed_through_the_simulator_lands_field_for_f
         assert rows[0]["prev_change_id"] == data.get("prev_change_id")
         assert json.loads(rows[0]["bids"]) == data["bids"]
         assert json.loads(rows[0]["asks"]) == data["asks"]
-
-
-async def test_sigterm_under_load_loses_nothing_that_was_sent(database_url: str) -> None:
-    with SimulatorProcess("--rate", "20000") as sim, CollectorProcess(
-        "--currency", "ETH", "--top", "150", "--channels", "ticker,trades,book,quote",
-        "--exchange-url", sim.ws_url, "--database-url", database_url, "--metrics-port", "0",
-    ) as collector:  # fmt: skip
-
-        async def flowing() -> bool:
-            return await count(database_url, "option_tickers") > 5000
-
-        await wait_for(flowing, within=60, what="rows to flow")
-        collector.signal(signal.SIGTERM)
-        assert collector.wait(60) == 0, collector.output
-        output = collector.output
-        ledger = sim.ledger()
-    assert "stopped cleanly" in output
-    total = 0
-    for family, table in TABLE_OF.items():
-        sent = sent_per_instrument(ledger, family)
-        stored = await stored_per_instrument(database_url, table)
-        assert stored == sent, f"{family}: rows lost at shutdown"
-        total += sum(sent.values())
-    assert total > 5000
 
 
 async def test_reloading_the_assignment_changes_instruments_on_the_live_connection(

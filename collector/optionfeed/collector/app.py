@@ -100,6 +100,7 @@ class CollectorConfig:
     client_id: str | None = None
     client_secret: str | None = None
     heartbeat_interval: float = 10.0
+    data_timeout: float | None = 30.0
     channels_per_connection: int = 1_000
     max_connections: int = 8
     flush_interval: float = 0.25
@@ -360,6 +361,7 @@ class Collector:
                 client_name="optionfeed",
                 client_version=__version__,
                 heartbeat_interval=config.heartbeat_interval,
+                data_timeout=config.data_timeout,
                 client_id=config.client_id,
                 client_secret=config.client_secret,
             ),

@@ -62,6 +62,9 @@ class ConnectionSettings:
     # A stream silent this long is stale. Deribit sends a test_request every heartbeat interval,
     # so 1.5 intervals of silence means the stream is gone, and it is caught well inside two.
     stale_after: float | None = None
+    # A session that holds ticker channels yet delivers no notification this long is stalled even
+    # if heartbeats still flow (tickers of live options arrive many times a minute): replace it.
+    data_timeout: float | None = 30.0
     request_timeout: float = 10.0
     connect_timeout: float = 10.0
     drain_timeout: float = 5.0
@@ -162,6 +165,7 @@ class ExchangeConnection:
 
         self._ws: BytesWebSocket | None = None
         self._ready = False  # hello/heartbeat done on the current session
+        self._connecting = False  # inside the WebSocket handshake: nothing held, safe to cancel
         self._closing = False
         self._end_reason: ConnectionLost | None = None
         self._wake = asyncio.Event()
@@ -170,6 +174,7 @@ class ExchangeConnection:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ignored_ids: set[int] = set()
         self.frames = 0
+        self.notifications = 0
         self.last_frame_at = 0.0
         self.sessions = 0
         self._run_task: asyncio.Task[None] | None = None
@@ -266,27 +271,45 @@ class ExchangeConnection:
                 log.info("connection %d: no clean unsubscribe before closing (%s)", self.index, exc)
         if ws is not None:
             await ws.close()
-        if self._run_task is not None:
-            await self._run_task
+        run = self._run_task
+        if run is not None:
+            if self._connecting:
+                run.cancel()  # mid-handshake: no session, no frame held
+            await asyncio.wait({run})
+            failure = None if run.cancelled() else run.exception()
+            if failure is not None:
+                raise failure
 
     # ----------------------------------------------------------------- one session
 
     async def _session_once(self) -> ConnectionLost:
         self._end_reason = None
         self._ready = False
+        self._connecting = True
         try:
-            ws = await self._session.ws_connect(
-                self.settings.url,
-                autoping=True,
-                max_msg_size=16 * 1024 * 1024,
-                decode_text=False,
-                timeout=aiohttp.ClientWSTimeout(ws_close=self.settings.drain_timeout),
+            # The whole handshake is bounded, not only the TCP connect: a link that accepts the
+            # connection and then carries nothing must not hold a session open forever.
+            ws = await asyncio.wait_for(
+                self._session.ws_connect(
+                    self.settings.url,
+                    autoping=True,
+                    max_msg_size=16 * 1024 * 1024,
+                    decode_text=False,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=self.settings.drain_timeout),
+                ),
+                self.settings.connect_timeout,
+            )
+        except TimeoutError:
+            return ConnectionLost(
+                "unreachable", f"no WebSocket handshake within {self.settings.connect_timeout:g} s"
             )
         except aiohttp.WSServerHandshakeError as exc:
             reason = "too_many_connections" if exc.status == 429 else "handshake_refused"
             return ConnectionLost(reason, f"HTTP {exc.status} {exc.message}")
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             return ConnectionLost("unreachable", str(exc) or type(exc).__name__)
+        finally:
+            self._connecting = False
         self._ws = ws
         self.sessions += 1
         self._metrics.connections.inc()
@@ -401,6 +424,7 @@ class ExchangeConnection:
             if type(frame) is dict and frame.get("method") == "subscription":
                 params = frame.get("params")
                 if type(params) is dict and type(params.get("channel")) is str and "data" in params:
+                    self.notifications += 1
                     await notification(params["channel"], params["data"], raw, recv_ts)
                 else:
                     await self._sink.rejected(raw, "subscription without channel and data", recv_ts)
@@ -603,18 +627,35 @@ class ExchangeConnection:
             self._refuse(set(batch), "error", str(exc))
 
     async def _watchdog(self, ws: BytesWebSocket) -> None:
-        """Close a stream that went silent without closing, so the session can be replaced."""
+        """Close a stream that went silent without closing, so the session can be replaced.
+
+        Two silences count: no frame at all (not even a heartbeat) for ``stale_timeout``, and,
+        while the session holds ticker channels, no notification for ``data_timeout``.
+        """
         timeout = self.settings.stale_timeout
-        seen, since = self.frames, time.monotonic()
+        data_timeout = self.settings.data_timeout
+        step = min(timeout, data_timeout or timeout) / 4
+        frames, frames_since = self.frames, time.monotonic()
+        notes, notes_since = self.notifications, frames_since
         while True:
-            await asyncio.sleep(timeout / 4)
+            await asyncio.sleep(step)
             now = time.monotonic()
-            if self.frames != seen:
-                seen, since = self.frames, now
-            elif now - since >= timeout:
-                self._end(ConnectionLost("stale", f"no frame for {now - since:.1f} s"))
-                await ws.close()
-                return
+            if self.frames != frames:
+                frames, frames_since = self.frames, now
+            if self.notifications != notes or not self._holds_tickers():
+                notes, notes_since = self.notifications, now
+            if now - frames_since >= timeout:
+                reason = f"no frame for {now - frames_since:.1f} s"
+            elif data_timeout is not None and now - notes_since >= data_timeout:
+                reason = f"no notification for {now - notes_since:.1f} s while heartbeats flow"
+            else:
+                continue
+            self._end(ConnectionLost("stale", reason))
+            await ws.close()
+            return
+
+    def _holds_tickers(self) -> bool:
+        return any(c.startswith("ticker.") for c in self.acked)
 
 
 def _is_raw(channel: str) -> bool:

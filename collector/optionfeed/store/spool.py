@@ -196,6 +196,7 @@ class Spool:
         self._codecs = {name: _RowCodec.of(table) for name, table in BY_NAME.items()}
         self._segments: list[_Segment] = []  # oldest first; the last one takes appends
         self._used = 0
+        self._refused = False  # a batch did not fit: full, whatever the byte count says
         self._lock = asyncio.Lock()  # one append or segment switch at a time
         self._alarm = 0  # index into FILL_ALARMS of the next threshold to announce
         self._seq = 0
@@ -213,7 +214,8 @@ class Spool:
 
     @property
     def fill_ratio(self) -> float:
-        return min(1.0, self._used / self.max_bytes)
+        """0 to 1; 1 as soon as a batch was refused for lack of room, until a replay frees some."""
+        return 1.0 if self._refused else min(1.0, self._used / self.max_bytes)
 
     def _publish(self) -> None:
         m = self.metrics
@@ -282,6 +284,7 @@ class Spool:
         record = encode_batch(batch, self._codecs)
         async with self._lock:
             if self._used + len(record) > self.max_bytes:
+                self._refused = True
                 self._publish()
                 raise BatchNotWritten("spool_full", SpoolFull(self._used, self.max_bytes))
             segment = self._segments[-1] if self._segments else None
@@ -330,6 +333,7 @@ class Spool:
             await asyncio.to_thread(_remove, segment.path)
             self._segments.remove(segment)
             self._used -= segment.size
+            self._refused = False
             if len(self._segments) == 1 and not self._segments[0].size:
                 self._segments.clear()  # nothing left: the next append starts a new segment
         self.metrics.spool_replayed_rows_total.inc(replayed)

@@ -182,6 +182,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._replay_task: asyncio.Task[None] | None = None
         self._spooled = asyncio.Event()  # a batch went to the fallback: wake the replay
+        self._fallback_failing = False  # reported once per episode, not once per attempt
         self._wake = asyncio.Event()  # the flusher should look at the buffer
         self._room = asyncio.Event()  # a commit made room, or the writer stopped
         self._progress = asyncio.Event()  # a batch finished
@@ -415,13 +416,14 @@ class Writer:
                 self._last_error = exc
                 self.stats.failed_attempts += 1
                 self.metrics.write_errors_total.labels(exc.reason).inc()
-                log.warning(
-                    "batch %d (%d rows) not written, attempt %d: %s",
-                    batch.seq,
-                    batch.count,
-                    attempts,
-                    exc,
-                )
+                if attempts <= 3 or attempts % 20 == 0:
+                    log.warning(
+                        "batch %d (%d rows) not written, attempt %d: %s",
+                        batch.seq,
+                        batch.count,
+                        attempts,
+                        exc,
+                    )
                 fall_back = self._fallback is not None and attempts >= self._fallback_after
                 if fall_back and await self._hand_on(batch):
                     return
@@ -436,8 +438,18 @@ class Writer:
             await self._fallback.write(batch)
         except Exception as exc:  # whatever the fallback's trouble, the batch stays with us
             self.metrics.write_errors_total.labels("fallback").inc()
-            log.error("batch %d could not be handed to the fallback either: %r", batch.seq, exc)
+            if not self._fallback_failing:
+                log.error(
+                    "batch %d could not be handed to the fallback either (%s); batches wait in "
+                    "memory and producers are slowed until the database or the spool takes them",
+                    batch.seq,
+                    exc,
+                )
+            self._fallback_failing = True
             return False
+        if self._fallback_failing:
+            log.warning("the fallback takes batches again")
+        self._fallback_failing = False
         self.stats.handed_on += batch.count
         if not self._spooled.is_set():
             log.warning(
