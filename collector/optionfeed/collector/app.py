@@ -293,6 +293,7 @@ class Collector:
             # Rows queued by hooks when the feed stops are written after it, before the writer.
             stack.push_async_callback(gaps.flush, writer)
             stack.push_async_callback(self._await_spawned)
+            stack.push_async_callback(self._final_status)
             await self._seed_trades(url, plan)
             self.feed = await stack.enter_async_context(feed)
             feed.set_channels(plan.channels(self.gone))
@@ -601,37 +602,43 @@ class Collector:
             await asyncio.sleep(self.config.stats_interval)
             log.info("%s", self.stats_line())
 
+    def _status(self, state: str) -> tables.Row:
+        plan, feed, router = self.plan, self.feed, self.router
+        assert plan is not None
+        counters: dict[str, Any] = {"state": state}
+        if router is not None:
+            c = router.counts
+            counters |= {
+                "tickers": c.tickers,
+                "quotes": c.quotes,
+                "trades": c.trades,
+                "books": c.books,
+                "rejected": c.rejected,
+                "gaps": self.gaps.opened if self.gaps else 0,
+            }
+        connected = sum(1 for c in feed.connections if c.connected) if feed else 0
+        return status_row(
+            feed=plan.feed,
+            shard=plan.shard,
+            pod=self.config.pod,
+            started_at=self.started_at,
+            now=time.time(),
+            version=__version__,
+            instruments=len(plan.instruments),
+            connections=0 if state == "stopped" else connected,
+            counters=counters,
+        )
+
     async def _status_loop(self) -> None:
         assert self.writer is not None
         while True:
-            plan, feed, router = self.plan, self.feed, self.router
-            assert plan is not None
-            counters = {}
-            if router is not None:
-                c = router.counts
-                counters = {
-                    "tickers": c.tickers,
-                    "quotes": c.quotes,
-                    "trades": c.trades,
-                    "books": c.books,
-                    "rejected": c.rejected,
-                    "gaps": self.gaps.opened if self.gaps else 0,
-                }
-            await self.writer.put(
-                tables.STATUS,
-                status_row(
-                    feed=plan.feed,
-                    shard=plan.shard,
-                    pod=self.config.pod,
-                    started_at=self.started_at,
-                    now=time.time(),
-                    version=__version__,
-                    instruments=len(plan.instruments),
-                    connections=sum(1 for c in feed.connections if c.connected) if feed else 0,
-                    counters=counters,
-                ),
-            )
+            await self.writer.put(tables.STATUS, self._status("running"))
             await asyncio.sleep(self.config.status_interval)
+
+    async def _final_status(self) -> None:
+        """The last heartbeat, after the feed stopped: nobody mistakes this pod for a live one."""
+        if self.writer is not None and self.plan is not None:
+            await self.writer.put(tables.STATUS, self._status("stopped"))
 
 
 class _TaskSet:

@@ -423,7 +423,9 @@ def collector_lines(
         shown = [h for h in beats if h.last_seen >= window.start] or beats[:1]
         for hb in sorted(shown, key=lambda h: h.pod):
             age = max(0.0, (now - hb.last_seen).total_seconds())
-            lines.append(CollectorLine(hb, age, age <= ALIVE_WITHIN))
+            # A collector that stopped cleanly says so in its last heartbeat.
+            stopped = hb.counters.get("state") == "stopped"
+            lines.append(CollectorLine(hb, age, age <= ALIVE_WITHIN and not stopped))
     return tuple(lines)
 
 

@@ -65,7 +65,9 @@ def _collectors_table(lines: tuple[CollectorLine, ...]) -> str:
             format_seconds(c.age),
             "" if c.heartbeat.instruments is None else number(c.heartbeat.instruments),
             "" if c.heartbeat.connections is None else number(c.heartbeat.connections),
-            "alive" if c.alive else "SILENT",
+            "alive"
+            if c.alive
+            else ("stopped" if c.heartbeat.counters.get("state") == "stopped" else "SILENT"),
         ]
         for c in lines
     ]
