@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -325,3 +326,23 @@ def test_an_invalid_assignment_file_is_a_usage_error(tmp_path: Path) -> None:
         assert collector.wait(60) == 2
     assert "missing field" in collector.output
     assert "Traceback" not in collector.output
+
+
+async def test_a_ctrl_c_delivered_twice_at_once_still_stops_cleanly(
+    database_url: str, simulator: SimulatorProcess
+) -> None:
+    # A terminal's Ctrl-C reaches the whole process group and wrappers forward it again.
+    with CollectorProcess(
+        "--currency", "ETH", "--top", "10", "--exchange-url", simulator.ws_url,
+        "--database-url", database_url, "--metrics-port", "0",
+    ) as collector:  # fmt: skip
+
+        async def flowing() -> bool:
+            return await count(database_url, "option_tickers") > 0
+
+        await wait_for(flowing, within=60, what="rows to flow")
+        collector.signal(signal.SIGINT)
+        collector.signal(signal.SIGINT)
+        assert collector.wait(60) == 0, collector.output
+    assert "stopped cleanly" in collector.output
+    assert "without waiting for the drain" not in collector.output

@@ -283,7 +283,8 @@ class Collector:
             session = await stack.enter_async_context(aiohttp.ClientSession())
             plan = await self._initial_plan(session, assignment)
             if plan is None:
-                return  # stopped before the exchange could be reached
+                log.info("stopped before the exchange could be reached; nothing was recorded")
+                return
             self.plan = plan
             self.metrics.info.info(
                 {"feed": plan.feed, "shard": str(plan.shard), "version": __version__}
@@ -447,7 +448,13 @@ class Collector:
                 if isinstance(exc, RpcError) and not exc.transient:
                     raise
                 delay = backoff.next_delay()
-                log.warning("cannot %s: %s; retrying in %.1f s", what, exc, delay)
+                log.warning(
+                    "cannot %s: %s; retrying in %.1f s (attempt %d)",
+                    what,
+                    exc,
+                    delay,
+                    backoff.attempt,
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         return None
@@ -672,17 +679,29 @@ class _TaskSet:
             self.failed.cancel()
 
 
+# A Ctrl-C reaches every process of the terminal's group, and wrappers such as `uv run` forward
+# it again: copies of one keypress arrive within milliseconds. Only a signal this long after the
+# first counts as the user asking a second time.
+SECOND_SIGNAL_AFTER = 1.0
+
+
 def install_signal_handlers(collector: Collector) -> None:
     """SIGTERM/SIGINT stop cleanly; a second signal stops without waiting for the drain."""
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
+    first: list[float] = []
 
     def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        now = time.monotonic()
         if not collector.stopping:
-            log.info("%s received: stopping cleanly", signal.Signals(signum).name)
+            first.append(now)
+            log.info("%s received: stopping cleanly (send it again to stop at once)", name)
             collector.stop()
+        elif first and now - first[0] < SECOND_SIGNAL_AFTER:
+            log.debug("%s again within %.1f s: the same request", name, SECOND_SIGNAL_AFTER)
         elif main is not None:
-            log.warning("second %s: stopping now", signal.Signals(signum).name)
+            log.warning("second %s: stopping now, without waiting for the drain", name)
             main.cancel()
 
     for signum in (signal.SIGTERM, signal.SIGINT):

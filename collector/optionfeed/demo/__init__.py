@@ -94,7 +94,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     from optionfeed.demo.exchange import ExchangeError
     from optionfeed.demo.progress import summary_text
@@ -115,8 +114,6 @@ def run(args: argparse.Namespace) -> int:
         live=live,
         progress_every=args.progress_every,
     )
-    # pgserver narrates every pg_ctl call at INFO; the demo has its own account of the start.
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
 
     async def main() -> Outcome:
         demo = Demo(config, out=sys.stdout)

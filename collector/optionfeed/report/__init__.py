@@ -203,8 +203,6 @@ async def read_report(
 
 
 async def _produce(args: argparse.Namespace, window: Window, now: datetime) -> tuple[Report, str]:
-    import logging
-
     from optionfeed.report.errors import NoEmbeddedData
     from optionfeed.settings import mask_url
     from optionfeed.store.embedded import EmbeddedPostgres
@@ -229,8 +227,6 @@ async def _produce(args: argparse.Namespace, window: Window, now: datetime) -> t
     directory = Path(args.data_dir) / "pgdata"
     if not (directory / "PG_VERSION").exists():
         raise NoEmbeddedData(str(directory))
-    # pgserver narrates every pg_ctl call at INFO; a report wants its own output only.
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
     source = f"the embedded PostgreSQL under {directory}"
     async with EmbeddedPostgres(directory) as embedded:
         return await read(embedded.url, source), source

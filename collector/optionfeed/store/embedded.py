@@ -33,6 +33,9 @@ from optionfeed.store.errors import EmbeddedPostgresError, StoreError
 
 log = logging.getLogger(__name__)
 
+# pgserver narrates every initdb and pg_ctl call at INFO; our own log says what matters.
+logging.getLogger("pgserver").setLevel(logging.WARNING)
+
 DEFAULT_DIRECTORY = Path(".optionfeed") / "pgdata"
 DEFAULT_DATABASE = "optionfeed"
 
