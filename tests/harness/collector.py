@@ -181,3 +181,29 @@ class CollectorProcess:
         with contextlib.suppress(OSError):
             self._log.close()
             self.log_path.unlink()
+
+
+# ------------------------------------------------------------------ ledger vs database
+
+TABLE_OF = {
+    "ticker": "option_tickers",
+    "trades": "option_trades",
+    "book": "option_book",
+    "quote": "option_quotes",
+}
+
+
+def sent_per_instrument(ledger: dict[str, Any], family: str) -> dict[str, int]:
+    """Notifications (trade objects, for trades) the simulator sent per instrument."""
+    sent: dict[str, int] = {}
+    for channel, stats in ledger["channels"].items():
+        if channel.split(".")[0] != family or stats["instrument"] is None:
+            continue
+        n = stats["trades"] if family == "trades" else stats["notifications"]
+        sent[stats["instrument"]] = sent.get(stats["instrument"], 0) + n
+    return {k: v for k, v in sent.items() if v}
+
+
+async def stored_per_instrument(url: str, table: str) -> dict[str, int]:
+    rows = await fetch(url, f"SELECT instrument, count(*) AS n FROM {table} GROUP BY instrument")
+    return {r["instrument"]: int(r["n"]) for r in rows}

@@ -16,12 +16,15 @@ import aiohttp
 import pytest
 
 from harness.collector import (
+    TABLE_OF,
     CollectorProcess,
     assignment_doc,
     count,
     fetch,
     local_config,
     running_collector,
+    sent_per_instrument,
+    stored_per_instrument,
     wait_for,
     write_atomically,
 )
@@ -30,24 +33,6 @@ from harness.simulator import SimulatorProcess
 from optionfeed.collector.app import LocalPlan
 
 SAMPLES = Path(__file__).parents[1] / "data" / "deribit"
-TABLE_OF = {"ticker": "option_tickers", "trades": "option_trades", "book": "option_book",
-            "quote": "option_quotes"}  # fmt: skip
-
-
-async def stored_per_instrument(url: str, table: str) -> dict[str, int]:
-    rows = await fetch(url, f"SELECT instrument, count(*) AS n FROM {table} GROUP BY instrument")
-    return {r["instrument"]: int(r["n"]) for r in rows}
-
-
-def sent_per_instrument(ledger: dict[str, Any], family: str) -> dict[str, int]:
-    """Notifications (trade objects, for trades) the simulator sent per instrument."""
-    sent: dict[str, int] = {}
-    for name, stats in ledger["channels"].items():
-        if name.split(".")[0] != family or stats["instrument"] is None:
-            continue
-        n = stats["trades"] if family == "trades" else stats["notifications"]
-        sent[stats["instrument"]] = sent.get(stats["instrument"], 0) + n
-    return {k: v for k, v in sent.items() if v}
 
 
 @pytest.mark.slow

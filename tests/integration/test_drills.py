@@ -24,12 +24,15 @@ import pytest
 
 from conftest import drills_full
 from harness.collector import (
+    TABLE_OF,
     CollectorProcess,
     assignment_doc,
     count,
     fetch,
     local_config,
     running_collector,
+    sent_per_instrument,
+    stored_per_instrument,
     wait_for,
     write_atomically,
 )
@@ -41,9 +44,6 @@ from optionfeed.collector.app import Collector, LocalPlan
 
 pytestmark = [pytest.mark.drill, pytest.mark.slow]
 
-TABLE_OF = {"ticker": "option_tickers", "trades": "option_trades", "book": "option_book",
-            "quote": "option_quotes"}  # fmt: skip
-
 
 def length(short: float, full: float) -> float:
     return full if drills_full() else short
@@ -52,21 +52,6 @@ def length(short: float, full: float) -> float:
 def sample(collector: Collector, name: str, labels: dict[str, str] | None = None) -> float:
     value = collector.metrics.registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
-
-
-def sent_per_instrument(ledger: dict[str, Any], family: str) -> dict[str, int]:
-    sent: dict[str, int] = {}
-    for channel, stats in ledger["channels"].items():
-        if channel.split(".")[0] != family or stats["instrument"] is None:
-            continue
-        n = stats["trades"] if family == "trades" else stats["notifications"]
-        sent[stats["instrument"]] = sent.get(stats["instrument"], 0) + n
-    return {k: v for k, v in sent.items() if v}
-
-
-async def stored_per_instrument(url: str, table: str) -> dict[str, int]:
-    rows = await fetch(url, f"SELECT instrument, count(*) AS n FROM {table} GROUP BY instrument")
-    return {r["instrument"]: int(r["n"]) for r in rows}
 
 
 async def trade_holes(url: str, ledger: dict[str, Any]) -> tuple[int, int, int]:
