@@ -575,6 +575,10 @@ class ControlPlane:
             # The `kubernetes` Service's endpoints would be 127.0.0.1, which the API rejects
             # (loopback) every few seconds in the log; nothing here reaches it via the Service.
             "--endpoint-reconciler-type=none",
+            # On top of the default plugins: setting blockOwnerDeletion in an ownerReference
+            # needs `update` on the owner's finalizers subresource, as on clusters that enable
+            # it, so an operator's RBAC is tested for that permission too.
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
         ]
         if self.tier == 1:
             # Without the controller manager no namespace gets a default ServiceAccount, and the
