@@ -62,6 +62,12 @@ def _owner_current(obj: Object, feed: FeedSpec) -> bool:
     return any(r.get("uid") == feed.uid for r in _owner_refs(obj))
 
 
+def _ours(obj: Object | None, feed: FeedSpec) -> Object | None:
+    """``obj`` if this very feed (by uid) owns it; a Deployment left by an earlier feed of the same
+    name, not yet adopted, is no shard of this one and must not count as ready."""
+    return obj if obj is not None and _owner_current(obj, feed) else None
+
+
 def feed_reference(body: Object) -> dict[str, Any]:
     """The parts of a feed an Event needs to point at it."""
     meta = _meta(body)
@@ -193,7 +199,7 @@ class Reconciler:
                 generation=feed.generation,
                 suspended=feed.suspend,
                 shards=[
-                    status.shard_state(shard_name, live.get(shard_name), feed.replicas)
+                    status.shard_state(shard_name, _ours(live.get(shard_name), feed), feed.replicas)
                     for shard_name in expected
                 ],
                 extra_shards=extras,

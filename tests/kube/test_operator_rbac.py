@@ -1,8 +1,8 @@
 """Least privilege, tested for real: the operator runs with a ServiceAccount token bound to the
 ClusterRole rules in deploy/rbac.yaml, and drives a feed through every action it has (create the
 children, follow their readiness, restore a deleted child, delete an extra shard, post Events,
-let the feed go). With the shipped rules every step succeeds; without any single one of them, the
-step that needs it fails.
+adopt the children an orphaning delete left behind, let the feed go). With the shipped rules every
+step succeeds; without any single one of them, the step that needs it fails.
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ NEEDED_FOR: dict[tuple[str, str, str], str] = {
     ("optionfeed.io", "optionfeeds/finalizers", "update"): "ready",
     # Only a shard beyond spec.shards is ever deleted.
     ("apps", "deployments", "delete"): "scale down",
+    # Adopting the children a feed deleted with --cascade=orphan left behind: the admission plugin
+    # lets only who may delete an object set its ownerReferences.
+    ("", "configmaps", "delete"): "adopt",
 }
 
 
@@ -190,6 +193,25 @@ def run_scenario(
     def gone() -> bool:
         return not kube.exists(kube.feed_path("eth"))
 
+    def orphaned() -> bool:
+        configmap = kube.configmap("eth-assignment")
+        return (
+            not kube.exists(kube.feed_path("eth"))
+            and configmap is not None
+            and not configmap["metadata"].get("ownerReferences")
+        )
+
+    def adopted() -> bool:
+        feed = kube.feed("eth")
+        uid = feed["metadata"]["uid"]
+        configmap = kube.configmap("eth-assignment") or {}
+        children = [configmap, *kube.deployments("eth").values()]
+        owned = all(
+            any(ref.get("uid") == uid for ref in child["metadata"].get("ownerReferences", []))
+            for child in children
+        )
+        return owned and feed_ready(2)()
+
     started = time.monotonic()
     steps: list[tuple[str, Callable[[], object], float]] = [
         # Up, and its watches established for a few seconds without a refusal.
@@ -198,6 +220,11 @@ def run_scenario(
         ("restore", restored, 15),
         ("scale down", scaled_down, 15),
         ("events", events_posted, 10),
+        # Delete the feed but keep its children, then create it again: it adopts them. The garbage
+        # collector watches a custom resource only from its next discovery sync (about every
+        # 30 s) after the CRD appears, so orphaning may wait that long.
+        ("orphan", orphaned, 60),
+        ("adopt", adopted, 30),
         ("delete", gone, 20),
     ]
     try:
@@ -215,6 +242,14 @@ def run_scenario(
                 control_plane.kubectl("delete", "configmap", "-n", kube.ns, "eth-assignment")
             elif name == "scale down":
                 control_plane.kubectl("scale", "-n", kube.ns, "of/eth", "--replicas=1")
+            elif name == "orphan":
+                control_plane.kubectl(
+                    "delete", "-n", kube.ns, "of/eth", "--cascade=orphan", "--wait=false"
+                )
+            elif name == "adopt":
+                kube.create_feed(
+                    "eth", currency="ETH", topN=6, shards=2, exchange={"url": exchange.ws_url}
+                )
             elif name == "delete":
                 control_plane.kubectl("delete", "-n", kube.ns, "of/eth", "--wait=false")
             try:
