@@ -81,7 +81,7 @@ def test_the_cluster_role_binding_grants_the_shipped_rules_to_the_operator(
     assert can("create", "events")
     # And nothing beyond them.
     assert not can("get", "secrets")
-    assert not can("delete", "configmaps")
+    assert not can("delete", "optionfeeds.optionfeed.io")
     assert not can("create", "pods")
     assert not can("update", "deployments.apps")
     cluster_role = next(d for d in documents("rbac.yaml") if d["kind"] == "ClusterRole")
