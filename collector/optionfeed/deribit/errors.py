@@ -35,6 +35,7 @@ class ErrorCode(IntEnum):
     SUBSCRIBE_ERROR_UNSUBSCRIBED = 11052
     UNAUTHENTICATED_PUBLIC_REQUESTS_TEMPORARILY_DISABLED = 11056
     INTERNAL_SERVER_ERROR = 11094
+    INVALID_CREDENTIALS = 13004
     UNAUTHORIZED = 13009
     NOT_FOUND = 13020
     METHOD_SWITCHED_OFF_BY_ADMIN = 13025
@@ -68,6 +69,7 @@ ERROR_MESSAGES: dict[int, str] = {
         "unauthenticated_public_requests_temporarily_disabled"
     ),
     ErrorCode.INTERNAL_SERVER_ERROR: "internal_server_error",
+    ErrorCode.INVALID_CREDENTIALS: "invalid_credentials",
     ErrorCode.UNAUTHORIZED: "unauthorized",
     ErrorCode.NOT_FOUND: "not_found",
     ErrorCode.METHOD_SWITCHED_OFF_BY_ADMIN: "method_switched_off_by_admin",
