@@ -242,13 +242,15 @@ async def test_probes_report_live_and_ready_and_metrics_carry_the_documented_nam
         async with http.get(f"{base}/livez") as response:
             assert response.status == 200
 
+        answers: list[str] = []
+
         async def ready() -> bool:
             async with http.get(f"{base}/readyz") as response:
+                answers.append(await response.text())
                 return response.status == 200
 
         await wait_for(ready, within=30, what="/readyz to answer 200")
-        async with http.get(f"{base}/readyz") as response:
-            text = await response.text()
+        text = answers[-1]
         assert "[+] subscribed" in text
         assert "[+] database" in text
         async with http.get(f"{base}/metrics") as response:

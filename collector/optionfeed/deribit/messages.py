@@ -5,8 +5,8 @@ string ``"expired"``, ``last_price`` may be ``null``, empty book sides may be ``
 and every id (``trade_id``, ``block_trade_id``) is a string. Nothing here does I/O.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: TypedDict needs real annotations at run time to
+# tell required keys from NotRequired ones (``__required_keys__``), and tests read them.
 from typing import Literal, NotRequired, TypedDict
 
 

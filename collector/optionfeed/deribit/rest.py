@@ -6,7 +6,6 @@ operator both call it; the simulator serves the other end.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -150,15 +149,14 @@ async def fetch_ranking(
     rank_by: RankBy | str = RankBy.VOLUME_USD,
     underlyings: Collection[str] | None = None,
 ) -> tuple[list[str], list[Instrument]]:
-    """Rank the currency's live options from the exchange; returns (ranked names, instruments)."""
+    """Rank the currency's live options from the exchange; returns (ranked names, instruments).
+
+    Liveness is the exchange's own word (``is_active``, ``state``), not this machine's clock: a
+    skewed clock, or a simulator replaying a capture, must not empty the ranking.
+    """
     instruments = await client.get_instruments(currency)
     summaries = await client.get_book_summary_by_currency(currency)
     ranked = rank_instruments(
-        instruments,
-        summaries,
-        top_n=top_n,
-        rank_by=rank_by,
-        underlyings=underlyings,
-        now_ms=int(time.time() * 1000),
+        instruments, summaries, top_n=top_n, rank_by=rank_by, underlyings=underlyings
     )
     return ranked, instruments
