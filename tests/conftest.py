@@ -3,7 +3,6 @@ Deribit simulator."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -36,11 +35,6 @@ def simulator() -> Iterator[SimulatorProcess]:
 # ------------------------------------------------------------------------------------ drills
 
 _FIGURES: list[str] = []
-
-
-def drills_full() -> bool:
-    """`make drills` runs the drills at full length; `make test` runs them short."""
-    return os.environ.get("OPTIONFEED_DRILLS", "").lower() == "full"
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import drills_full
 from harness.collector import (
     TABLE_OF,
     CollectorProcess,
@@ -36,6 +35,7 @@ from harness.collector import (
     wait_for,
     write_atomically,
 )
+from harness.drills import drills_full
 from harness.faultproxy import FaultProxy
 from harness.ports import free_port
 from harness.postgres import TempPostgres
