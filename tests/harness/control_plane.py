@@ -476,7 +476,7 @@ class ControlPlane:
         with self._timed("default-serviceaccount"):
             self._wait_until(
                 "ServiceAccount default/default",
-                lambda: self._exists("/api/v1/namespaces/default/serviceaccounts/default"),
+                lambda: self.exists("/api/v1/namespaces/default/serviceaccounts/default"),
                 kcm,
             )
 
@@ -695,7 +695,7 @@ class ControlPlane:
         controller manager a moment after it is created; until then pods there are rejected."""
 
         def exists() -> bool:
-            return self._exists(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}")
+            return self.exists(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}")
 
         self.wait_until(f"ServiceAccount {namespace}/{name}", exists, timeout)
 
@@ -724,7 +724,8 @@ class ControlPlane:
         nodes = {n["metadata"]["name"]: n for n in self.api("GET", "/api/v1/nodes")["items"]}
         return all(name in nodes and _node_ready(nodes[name]) for name in self.node_names)
 
-    def _exists(self, path: str) -> bool:
+    def exists(self, path: str) -> bool:
+        """Whether a GET of ``path`` finds the object (404: it does not)."""
         try:
             self.api("GET", path)
         except ApiError as exc:

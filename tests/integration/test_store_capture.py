@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from harness.capture import notifications, ticker_expectation
 from optionfeed.collector import normalize
 from optionfeed.store import tables
 from optionfeed.store.writer import Writer
@@ -36,37 +37,6 @@ SELECT *, (extract(epoch FROM ts) * 1000)::bigint AS ts_ms,
        extract(epoch FROM recv_ts)::float8 AS recv_s
 FROM option_tickers ORDER BY instrument, ts
 """
-
-
-def notifications() -> list[tuple[str, Any, float]]:
-    """(channel, data, receive time) of every notification in the capture."""
-    found = []
-    for line in (DATA / "ws-options-2021-07-22.txt").read_text().splitlines():
-        head, sep, body = line.partition(": ")
-        if not sep or not body.startswith("{") or " " in head:
-            continue
-        message = orjson.loads(body)
-        if message.get("method") == "subscription":
-            params = message["params"]
-            found.append((params["channel"], params["data"], float(head)))
-    return found
-
-
-def ticker_expectation(data: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"instrument": data["instrument_name"], "ts_ms": data["timestamp"]}
-    for key, value in data.items():
-        if key in ("instrument_name", "timestamp"):
-            continue
-        if key == "greeks":
-            out.update(value)
-        elif key == "stats":
-            out.update({f"stats_{k}": v for k, v in value.items()})
-        elif key == "estimated_delivery_price" and value == "expired":
-            out["estimated_delivery_price"] = None
-            out["expired"] = True
-        else:
-            out[key] = value
-    return out
 
 
 async def test_the_capture_lands_field_for_field(database_url: str) -> None:
@@ -101,7 +71,7 @@ async def test_the_capture_lands_field_for_field(database_url: str) -> None:
     checked = 0
     for data, recv in tickers:
         row = stored[(data["instrument_name"], data["timestamp"])]
-        want = ticker_expectation(data)
+        want = ticker_expectation(data, ts_column="ts_ms")
         for column, value in want.items():
             assert row[column] == value, (data["instrument_name"], column)
             checked += 1

@@ -369,22 +369,12 @@ def test_every_value_is_documented_in_the_chart_readme() -> None:
 # --- on the real control plane --------------------------------------------------------------------
 
 
-def crd_exists(control_plane: ControlPlane) -> bool:
-    try:
-        control_plane.api("GET", CRD_API)
-    except ApiError as exc:
-        if exc.status == 404:
-            return False
-        raise
-    return True
-
-
 def remove_unused_crd(control_plane: ControlPlane) -> bool:
     """Delete the CRD if it is installed and no feed exists; True if it is now absent.
 
     A CRD that has feeds stays: deleting it would delete them under other tests' operators.
     """
-    if not crd_exists(control_plane):
+    if not control_plane.exists(CRD_API):
         return True
     try:
         feeds = control_plane.api("GET", "/apis/optionfeed.io/v1alpha1/optionfeeds")["items"]
@@ -393,18 +383,8 @@ def remove_unused_crd(control_plane: ControlPlane) -> bool:
     if feeds:
         return False
     control_plane.kubectl("delete", "crd", CRD_NAME, "--wait=true", "--timeout=60s")
-    wait_for(lambda: not crd_exists(control_plane), "the CRD to be deleted", timeout=60)
+    wait_for(lambda: not control_plane.exists(CRD_API), "the CRD to be deleted", timeout=60)
     return True
-
-
-def gone(control_plane: ControlPlane, path: str) -> bool:
-    try:
-        control_plane.api("GET", path)
-    except ApiError as exc:
-        if exc.status == 404:
-            return True
-        raise
-    return False
 
 
 def can(control_plane: ControlPlane, user: str, verb: str, resource: str, *where: str) -> bool:
@@ -520,14 +500,14 @@ def test_install_runs_the_operator_in_a_restricted_namespace_and_uninstall_keeps
         f"{RBAC_API}/clusterroles/{operator}",
         f"{RBAC_API}/clusterrolebindings/{operator}",
     ):
-        assert gone(control_plane, path), f"{path} is still there after helm uninstall"
+        assert not control_plane.exists(path), f"{path} is still there after helm uninstall"
     wait_for(
         lambda: not operator_pods(control_plane, namespace, release),
         "the operator pod to go",
         timeout=60,
     )
     # Helm never deletes what it installed from crds/: the feeds outlive the release.
-    assert crd_exists(control_plane)
+    assert control_plane.exists(CRD_API)
 
 
 def test_install_with_watch_namespaces_grants_the_rules_only_there(
@@ -562,10 +542,10 @@ def test_install_with_watch_namespaces_grants_the_rules_only_there(
     assert can(control_plane, account, "create", "deployments.apps", "-n", b)
     assert not can(control_plane, account, "watch", "optionfeeds.optionfeed.io", "-n", c)
     assert not can(control_plane, account, "watch", "optionfeeds.optionfeed.io", "-A")
-    assert gone(control_plane, f"{RBAC_API}/clusterrolebindings/{operator}")
+    assert not control_plane.exists(f"{RBAC_API}/clusterrolebindings/{operator}")
 
     control_plane.helm("uninstall", release, "--namespace", restricted_namespace, "--wait")
     for ns in (a, b):
         path = f"{RBAC_API}/namespaces/{ns}/rolebindings/{operator}"
-        assert gone(control_plane, path), f"{path} is still there after helm uninstall"
-    assert gone(control_plane, f"{RBAC_API}/clusterroles/{operator}")
+        assert not control_plane.exists(path), f"{path} is still there after helm uninstall"
+    assert not control_plane.exists(f"{RBAC_API}/clusterroles/{operator}")

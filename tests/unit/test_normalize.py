@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from harness.capture import DATA, capture, ticker_expectation
 from optionfeed.collector import normalize
 from optionfeed.collector.normalize import NormalizeError
 from optionfeed.store import tables
 from optionfeed.store.tables import Row, Table
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "deribit"
 RECV = 1_626_993_723.804855
 
 # PROTOCOL.md §6.1: an expired option (tardis-node test data, real 2020).
@@ -59,41 +58,9 @@ TRADE: dict[str, Any] = {
 }
 
 
-def capture(family: str) -> list[dict[str, Any]]:
-    """The ``data`` of every notification of one channel family in the 2021 capture."""
-    found = []
-    for line in (DATA / "ws-options-2021-07-22.txt").read_text().splitlines():
-        _head, sep, body = line.partition(": ")
-        if not sep or not body.startswith("{"):
-            continue
-        message = orjson.loads(body)
-        is_notification = message.get("method") == "subscription"
-        if is_notification and message["params"]["channel"].split(".")[0] == family:
-            found.append(message["params"]["data"])
-    return found
-
-
 def as_dict(table: Table, row: Row) -> dict[str, Any]:
     assert len(row) == table.width
     return dict(zip(table.column_names, row, strict=True))
-
-
-def ticker_expectation(data: dict[str, Any]) -> dict[str, Any]:
-    """Column -> value, derived from the JSON independently of the code under test."""
-    out: dict[str, Any] = {"instrument": data["instrument_name"], "ts": data["timestamp"]}
-    for key, value in data.items():
-        if key in ("instrument_name", "timestamp"):
-            continue
-        if key == "greeks":
-            out.update(value)
-        elif key == "stats":
-            out.update({f"stats_{k}": v for k, v in value.items()})
-        elif key == "estimated_delivery_price" and value == "expired":
-            out["estimated_delivery_price"] = None
-            out["expired"] = True
-        else:
-            out[key] = value
-    return out
 
 
 def assert_ticker_row_matches(data: dict[str, Any], row: Row) -> None:
