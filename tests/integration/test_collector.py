@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.collector import (
     TABLE_OF,
@@ -253,8 +254,21 @@ async def test_probes_report_live_and_ready_and_metrics_carry_the_documented_nam
         text = answers[-1]
         assert "[+] subscribed" in text
         assert "[+] database" in text
-        async with http.get(f"{base}/metrics") as response:
-            metrics = await response.text()
+        metrics = ""
+
+        async def committed() -> bool:
+            # Ready does not wait for a first commit; the per-table series follow one.
+            nonlocal metrics
+            async with http.get(f"{base}/metrics") as response:
+                metrics = await response.text()
+            return any(
+                s.labels.get("table") == "option_tickers" and s.value > 0
+                for family in text_string_to_metric_families(metrics)
+                if family.name == "optionfeed_rows_written"
+                for s in family.samples
+            )
+
+        await wait_for(committed, within=30, what="a first commit of tickers")
     for name in (
         'optionfeed_messages_total{channel="ticker"}',
         'optionfeed_rows_written_total{table="option_tickers"}',

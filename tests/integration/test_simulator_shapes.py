@@ -12,6 +12,7 @@ checked against those TypedDicts alone.
 from __future__ import annotations
 
 import re
+import time
 import types
 import typing
 from collections import defaultdict
@@ -256,11 +257,29 @@ def test_get_instruments_has_the_keys_and_types_of_the_captured_responses(
         check(result, captured, messages.Instrument, f"{currency} instrument")
 
 
+def traded_instrument(
+    sim: SimulatorProcess, summaries: list[dict[str, Any]]
+) -> tuple[str, dict[str, Any]]:
+    """One of the 20 busiest instruments with trades in this run's history, and its last trades.
+
+    The summaries' 24 h volume includes the day before the simulator started, so the busiest by
+    volume may not have traded yet; this waits (up to 60 s) until one has.
+    """
+    busiest = [s["instrument_name"] for s in sorted(summaries, key=lambda s: -s["volume"])[:20]]
+    deadline = time.monotonic() + 60
+    while True:
+        for name in busiest:
+            page = sim.rest("public/get_last_trades_by_instrument", instrument_name=name, count=5)
+            if page["result"]["trades"]:
+                return name, page
+        assert time.monotonic() < deadline, "no trade in 60 s among the 20 busiest instruments"
+        time.sleep(0.5)
+
+
 def test_book_summaries_and_trade_history_have_the_declared_shapes(sim: SimulatorProcess) -> None:
     summaries = sim.rest("public/get_book_summary_by_currency", currency="BTC")["result"]
     check(summaries, None, messages.BookSummary, "book summary")
-    traded = max(summaries, key=lambda s: s["volume"])["instrument_name"]
-    page = sim.rest("public/get_last_trades_by_instrument", instrument_name=traded, count=5)
+    traded, page = traded_instrument(sim, summaries)
     check([page["result"]], None, messages.TradesPage, "trade history")
     check(page["result"]["trades"], None, messages.Trade, "trade in history")
     by_time = sim.rest(

@@ -160,6 +160,10 @@ class Writer:
         self._retry_base = retry_base
         self._retry_cap = retry_cap
         self._rng = rng or random.Random()
+        # A zero series per table from the start: the first rows written show in rate() and
+        # increase(), and a dashboard lists every table before its first commit.
+        for table in ALL:
+            metrics.rows_written_total.labels(table.name)
         self.stats = WriterStats()
         self.last_commit_at = 0.0  # time.time() of the last commit, 0 before the first
 
