@@ -46,7 +46,7 @@ test: setup postgres k8s
 	$(RUN) pytest $(PYTEST_ARGS)
 
 drills: setup postgres
-	OPTIONFEED_DRILLS=full $(RUN) pytest -m drill $(PYTEST_ARGS)
+	OPTIONFEED_DRILLS=full $(RUN) pytest -m drill --timeout 3600 $(PYTEST_ARGS)
 
 bench: setup postgres
 	$(RUN) python tests/bench/run.py $(BENCH_ARGS)

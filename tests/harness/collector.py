@@ -58,23 +58,32 @@ def write_atomically(path: Path, doc: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+# Collectors running in this event loop (``running_collector``): ``wait_for`` fails at once when
+# one of them has stopped by itself, with its error, instead of polling until its time is up.
+_RUNNING: set[asyncio.Task[None]] = set()
+
+
 @contextlib.asynccontextmanager
 async def running_collector(config: CollectorConfig) -> AsyncIterator[Collector]:
     """A collector running in this event loop; stopped cleanly (and awaited) on exit."""
     collector = Collector(config)
     task = asyncio.create_task(collector.run(), name="test-collector")
+    _RUNNING.add(task)
     started = asyncio.ensure_future(collector.wait_started())
     done, _ = await asyncio.wait({task, started}, timeout=60, return_when="FIRST_COMPLETED")
     if task in done:
+        _RUNNING.discard(task)
         started.cancel()
         task.result()  # raises what stopped it
         raise AssertionError("the collector returned before it started")
     if not done:
+        _RUNNING.discard(task)
         task.cancel()
         raise AssertionError("the collector did not start within 60 s")
     try:
         yield collector
     finally:
+        _RUNNING.discard(task)
         collector.stop()
         done, _ = await asyncio.wait({task}, timeout=120)
         if not done:
@@ -99,6 +108,12 @@ async def wait_for(
     """Poll ``condition`` until it holds; fail the test after ``within`` seconds."""
     deadline = time.monotonic() + within
     while not await condition():
+        for task in [t for t in _RUNNING if t.done()]:
+            _RUNNING.discard(task)
+            failure = None if task.cancelled() else task.exception()
+            raise AssertionError(
+                f"the collector stopped while waiting for {what}: {failure!r}"
+            ) from failure
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within:g} s waiting for {what}")
         await asyncio.sleep(every)
