@@ -28,7 +28,6 @@ import base64
 import contextlib
 import json
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -246,20 +245,6 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- orchestration
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
-    )
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -387,6 +372,8 @@ def main() -> int:
         result = asyncio.run(client_main(json.loads(args.client)))
         print(json.dumps(result), flush=True)
         return 0
+    from bench_copy import machine  # the script's folder is on sys.path; clients skip it
+
     print(f"machine: {machine()}")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     print(

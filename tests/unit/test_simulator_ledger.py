@@ -19,9 +19,8 @@ def test_channel_totals_add_up_open_and_closed_connections() -> None:
     a = ledger.stats("trades.X.100ms", "X", first)
     b = ledger.stats("trades.X.100ms", "X", second)
     assert ledger.stats("trades.X.100ms", "X", first) is a
-    commit((a, 10, 11, 3, 0, 2))
-    commit((a, 20, 25, 5, 0, 2))
-    commit((b, 15, 15, 4, 0, 1))
+    commit(first, [(a, 10, 11, 3, 0, 2), (a, 20, 25, 5, 0, 2)])
+    commit(second, [(b, 15, 15, 4, 0, 1)])
     ledger.close_connection(first, 100)
     entry = report(ledger)["channels"]["trades.X.100ms"]
     expected = {
@@ -54,8 +53,7 @@ def test_the_last_change_id_is_that_of_the_latest_frame() -> None:
     ledger = Ledger()
     record = ledger.open_connection(1, "a", 0)
     stats = ledger.stats("book.X.100ms", "X", record)
-    commit((stats, 10, 10, 0, 500, 0))
-    commit((stats, 20, 20, 0, 700, 0))
+    commit(record, [(stats, 10, 10, 0, 500, 0), (stats, 20, 20, 0, 700, 0)])
     assert report(ledger)["channels"]["book.X.100ms"]["last_change_id"] == 700
 
 
@@ -64,7 +62,7 @@ def test_a_report_can_be_narrowed_to_instruments_keeping_currency_channels() -> 
     record = ledger.open_connection(1, "a", 0)
     for channel, instrument in (("ticker.X.100ms", "X"), ("ticker.Y.100ms", "Y"),
                                 ("trades.option.BTC.100ms", None)):  # fmt: skip
-        commit((ledger.stats(channel, instrument, record), 1, 1, 0, 0, 0))
+        commit(record, [(ledger.stats(channel, instrument, record), 1, 1, 0, 0, 0)])
     generated = [
         Generated("X", "BTC", "open", 0, 1, 1, 1, 0, None, None, 1, 1),
         Generated("Y", "BTC", "open", 0, 1, 1, 1, 0, None, None, 1, 1),

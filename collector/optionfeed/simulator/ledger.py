@@ -95,18 +95,31 @@ DETAILED_CLOSED = 256
 FrameMeta = tuple[ChannelStats, int, int, int, int, int]
 
 
-def commit(meta: FrameMeta) -> None:
-    stats, first_ts, last_ts, seq, change_id, trades = meta
-    stats.count += 1
-    if not stats.first_ts or first_ts < stats.first_ts:
-        stats.first_ts = first_ts
-    if last_ts > stats.last_ts:
-        stats.last_ts = last_ts
-    if seq > stats.last_trade_seq:
-        stats.last_trade_seq = seq
-    if change_id:
-        stats.last_change_id = change_id
-    stats.trades += trades
+def commit(record: ConnectionRecord, metas: Iterable[FrameMeta | object | None]) -> None:
+    """Count the frames a connection has sent: each frame's meta into its channel's stats.
+
+    A meta that is not a tuple marks a deliberately malformed frame and counts as one on the
+    connection; ``None`` (a frame that is not a notification) counts nowhere. One call per
+    batch of frames: this runs for every frame sent.
+    """
+    for meta in metas:
+        if meta is None:
+            continue
+        if not isinstance(meta, tuple):
+            record.malformed += 1
+            continue
+        stats, first_ts, last_ts, seq, change_id, trades = meta
+        stats.count += 1
+        if not stats.first_ts or first_ts < stats.first_ts:
+            stats.first_ts = first_ts
+        if last_ts > stats.last_ts:
+            stats.last_ts = last_ts
+        if seq > stats.last_trade_seq:
+            stats.last_trade_seq = seq
+        if change_id:
+            stats.last_change_id = change_id
+        if trades:
+            stats.trades += trades
 
 
 @dataclass

@@ -21,7 +21,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from optionfeed.deribit.credits import CreditBucket, CreditPolicy
-from optionfeed.simulator import frames
+from optionfeed.simulator import frames, ledger
 from optionfeed.simulator.ledger import ConnectionRecord, FrameMeta
 
 if TYPE_CHECKING:
@@ -174,26 +174,7 @@ class Session:
             self._commit(metas)
 
     def _commit(self, metas: list[FrameMeta | object | None]) -> None:
-        record = self.record
-        for meta in metas:
-            if meta is None:
-                continue
-            if not isinstance(meta, tuple):  # MALFORMED
-                record.malformed += 1
-                continue
-            # ledger.commit(meta), inlined: this runs once per frame sent.
-            stats, first_ts, last_ts, seq, change_id, trades = meta
-            stats.count += 1
-            if not stats.first_ts or first_ts < stats.first_ts:
-                stats.first_ts = first_ts
-            if last_ts > stats.last_ts:
-                stats.last_ts = last_ts
-            if seq > stats.last_trade_seq:
-                stats.last_trade_seq = seq
-            if change_id:
-                stats.last_change_id = change_id
-            if trades:
-                stats.trades += trades
+        ledger.commit(self.record, metas)
 
     def discard_backlog(self) -> None:
         """Forget what was never written (a slow consumer's backlog): it was not sent."""
