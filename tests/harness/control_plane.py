@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
-import ctypes
 import json
 import os
 import secrets
@@ -38,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TextIO
+
+from harness.processes import die_with_parent
 
 HARNESS_DIR = Path(__file__).resolve().parent
 BUILD_SCRIPT = HARNESS_DIR / "build-control-plane.sh"
@@ -59,8 +60,6 @@ START_ATTEMPTS = 3
 POLL_SECONDS = 0.2
 # The kubectl/helm helpers: run(*args, kubeconfig=None, check=True, input=None, timeout=...).
 ToolRunner = Callable[..., subprocess.CompletedProcess[str]]
-# Linux prctl option: the kernel signals the child when the thread that forked it exits.
-_PR_SET_PDEATHSIG = 1
 
 
 class ControlPlaneError(RuntimeError):
@@ -162,12 +161,6 @@ def _run_openssl(args: Sequence[str], cwd: Path) -> None:
     )
     if result.returncode != 0:
         raise ControlPlaneError(f"openssl {' '.join(args)} failed:\n{result.stderr}")
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: if the test process dies hard, its children die too."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -513,7 +506,7 @@ class ControlPlane:
         log_file.flush()
         # PDEATHSIG is tied to the forking thread, so only ask for it from the main thread.
         preexec: Callable[[], None] | None = (
-            _die_with_parent if threading.current_thread() is threading.main_thread() else None
+            die_with_parent if threading.current_thread() is threading.main_thread() else None
         )
         process = subprocess.Popen(
             list(args),

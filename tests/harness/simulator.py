@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -37,20 +36,16 @@ from typing import Any
 
 import aiohttp
 
+from harness.processes import die_with_parent
+
 READY = re.compile(r"listening on http://(?P<host>[\d.]+):(?P<port>\d+)")
 DEFAULT_SEED = 20240601
 CLIENT_ID = "optionfeed-sim"
 CLIENT_SECRET = "optionfeed-sim-secret"
-_PR_SET_PDEATHSIG = 1
 
 
 class SimulatorError(RuntimeError):
     """The simulator did not start, or a /sim request failed."""
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class SimulatorProcess:
@@ -116,7 +111,7 @@ class SimulatorProcess:
             stdin=subprocess.DEVNULL,
             text=True,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         assert self.process.stdout is not None
         deadline = time.monotonic() + self.startup_timeout

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import os
 import re
 import shutil
@@ -70,6 +69,7 @@ from typing import Any
 
 from harness.control_plane import ApiError, ControlPlane
 from harness.ports import free_port
+from harness.processes import die_with_parent
 
 # The image's entrypoint → the same program from this checkout's environment.
 ENTRYPOINTS: dict[tuple[str, ...], list[str]] = {
@@ -80,17 +80,11 @@ ENTRYPOINTS: dict[tuple[str, ...], list[str]] = {
 PORT_FLAGS = ("--metrics-port",)
 HOST_FLAG = ("--metrics-host", "127.0.0.1")
 DATA_LINK = "..data"
-_PR_SET_PDEATHSIG = 1
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
 class PodSpecError(RuntimeError):
     """The pod template uses something this runner does not reproduce (or is inconsistent)."""
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -262,7 +256,7 @@ class LocalPod:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         return self
 
