@@ -94,7 +94,8 @@ from bench_copy import DEFAULT_DURABILITY, machine  # noqa: E402
 
 from harness.ports import free_port  # noqa: E402
 from harness.postgres import TempPostgres  # noqa: E402
-from harness.simulator import SimulatorProcess, _die_with_parent  # noqa: E402
+from harness.processes import die_with_parent  # noqa: E402
+from harness.simulator import SimulatorProcess  # noqa: E402
 from optionfeed.demo.progress import Buckets, bucket_delta, histogram_quantile  # noqa: E402
 
 TABLE_OF = {"ticker": "option_tickers", "trades": "option_trades", "book": "option_book"}
@@ -320,7 +321,7 @@ class Collector:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, preexec_fn=_die_with_parent,
+                env=env, preexec_fn=die_with_parent,
             )  # fmt: skip
 
     @property
