@@ -1,6 +1,6 @@
 # Every target installs what it needs first, so each works on a fresh machine.
 #   make run    record the ETH top 50 (ticker + trades) from Deribit into an embedded PostgreSQL
-#   make test   unit, integration (PostgreSQL + simulator) and Kubernetes (real control plane) tests
+#   make test   unit, integration (PostgreSQL, TimescaleDB + simulator) and Kubernetes (real control plane) tests
 #   make demo   simulator + collector + embedded PostgreSQL, no network needed
 #   make bench  benchmarks: print figures and the commands that made them
 #   make drills the failure drills at full length
@@ -16,7 +16,7 @@ RUN := $(UV) run --frozen --no-sync
 
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run test demo bench drills lint format postgres k8s clean
+.PHONY: setup run test demo bench drills lint format postgres timescaledb k8s clean
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -32,6 +32,11 @@ setup: $(SYNCED)
 postgres:
 	@tests/harness/ensure-postgres.sh
 
+# TimescaleDB built from tests/vendor/ into a copy of the PostgreSQL server binaries, cached
+# outside the tree; the system's server stays plain.
+timescaledb: postgres
+	@tests/harness/build-timescaledb.sh >/dev/null
+
 # kube-apiserver, etcd, kwok, helm... built from Go modules and cached outside the tree.
 k8s:
 	@tests/harness/build-control-plane.sh
@@ -42,7 +47,7 @@ run: setup
 demo: setup
 	$(RUN) optionfeed demo $(if $(DURATION),--duration $(DURATION))
 
-test: setup postgres k8s
+test: setup postgres timescaledb k8s
 	$(RUN) pytest $(PYTEST_ARGS)
 
 drills: setup postgres

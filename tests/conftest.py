@@ -7,7 +7,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from harness.postgres import TempPostgres, temp_database
+from harness.postgres import (
+    TIMESCALEDB_SETTINGS,
+    TempPostgres,
+    temp_database,
+    timescaledb_bindir,
+)
 from harness.simulator import SimulatorProcess
 
 
@@ -23,6 +28,39 @@ def database_url(postgres: TempPostgres) -> Iterator[str]:
     """A fresh, empty database for one test; dropped afterwards."""
     with temp_database(postgres) as url:
         yield url
+
+
+# TimescaleDB's server copy is built (minutes, once, cached by version) after collection and
+# outside any test, with its progress shown, when a collected test needs it.
+_TIMESCALE_FIXTURES = {"timescale_postgres", "timescale_unloaded_postgres"}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    wanted = any(
+        _TIMESCALE_FIXTURES & set(getattr(item, "fixturenames", ())) for item in session.items
+    )
+    if not wanted or session.config.option.collectonly:
+        return
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        timescaledb_bindir()
+        return
+    with capture.global_and_fixture_disabled():
+        timescaledb_bindir()
+
+
+@pytest.fixture(scope="session")
+def timescale_postgres() -> Iterator[TempPostgres]:
+    """A PostgreSQL cluster with TimescaleDB installed and preloaded."""
+    with TempPostgres(settings=TIMESCALEDB_SETTINGS, bindir=timescaledb_bindir()) as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def timescale_unloaded_postgres() -> Iterator[TempPostgres]:
+    """A PostgreSQL cluster with TimescaleDB's files installed but not preloaded."""
+    with TempPostgres(bindir=timescaledb_bindir()) as pg:
+        yield pg
 
 
 @pytest.fixture

@@ -15,11 +15,13 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from harness.ports import free_port
 
@@ -54,6 +56,48 @@ def find_bindir() -> Path:
     )
 
 
+TIMESCALEDB_BUILD_SCRIPT = Path(__file__).with_name("build-timescaledb.sh")
+
+# A server started from the TimescaleDB copy with these settings can create the extension.
+TIMESCALEDB_SETTINGS: dict[str, str] = {
+    "shared_preload_libraries": "timescaledb",
+    "timescaledb.telemetry_level": "off",
+}
+
+
+def timescaledb_bindir(progress: TextIO | None = None) -> Path:
+    """The bin dir of the server copy that has TimescaleDB, built first when it is not cached.
+
+    A cold build takes minutes (see build-timescaledb.sh); its progress lines go to ``progress``
+    (default: this process's stderr).
+    """
+    check = subprocess.run(
+        ["bash", str(TIMESCALEDB_BUILD_SCRIPT), "--print-bin-dir"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check.returncode == 0:
+        return Path(check.stdout.strip().splitlines()[-1])
+    out = progress if progress is not None else sys.stderr
+    with subprocess.Popen(
+        ["bash", str(TIMESCALEDB_BUILD_SCRIPT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as build:
+        assert build.stdout is not None
+        lines: list[str] = []
+        for line in build.stdout:
+            lines.append(line)
+            out.write(line)
+            out.flush()
+        rc = build.wait()
+    if rc != 0:
+        raise PostgresNotInstalled(f"building TimescaleDB failed:\n{''.join(lines[-20:])}")
+    return Path(lines[-1].strip())
+
+
 def _run_as() -> tuple[int, int] | None:
     """(uid, gid) to run the server as when we are root; None when we are not."""
     if os.geteuid() != 0:
@@ -70,8 +114,13 @@ def _run_as() -> tuple[int, int] | None:
 class TempPostgres:
     """One cluster: ``with TempPostgres() as pg: pg.url`` gives a superuser URL."""
 
-    def __init__(self, settings: dict[str, str] | None = None, port: int | None = None) -> None:
-        self.bindir = find_bindir()
+    def __init__(
+        self,
+        settings: dict[str, str] | None = None,
+        port: int | None = None,
+        bindir: Path | None = None,
+    ) -> None:
+        self.bindir = bindir if bindir is not None else find_bindir()
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self.port = port or free_port()
         self.host = "127.0.0.1"

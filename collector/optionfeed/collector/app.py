@@ -54,7 +54,7 @@ from optionfeed.deribit.messages import Instrument
 from optionfeed.deribit.ranking import RankBy
 from optionfeed.deribit.rest import RestClient, fetch_ranking
 from optionfeed.settings import mask_url
-from optionfeed.store import tables
+from optionfeed.store import tables, timescale
 from optionfeed.store.connection import connect
 from optionfeed.store.embedded import EmbeddedPostgres
 from optionfeed.store.queries import last_trades
@@ -92,6 +92,7 @@ class CollectorConfig:
     data_dir: Path = Path(".optionfeed")
     spool_dir: Path | None = None  # default: <data_dir>/spool
     spool_max_bytes: int = DEFAULT_MAX_BYTES
+    timescale: timescale.Settings = field(default_factory=timescale.Settings)
     metrics_port: int = 9464
     metrics_host: str = "0.0.0.0"
     duration: float | None = None
@@ -277,6 +278,7 @@ class Collector:
                     batch_rows=config.batch_rows,
                     capacity_rows=config.buffer_rows,
                     fallback=self.spool,
+                    timescale_settings=config.timescale,
                 )
             )
             log.info("writing to %s (spool: %s)", mask_url(url), config.spool_path)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from optionfeed.settings import add_option, port_number, positive_float
+from optionfeed.store.command import add_timescale_arguments, timescale_settings
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="PostgreSQL URL (default: an embedded PostgreSQL under --data-dir)",
     )
+    add_timescale_arguments(where)
     add_option(
         where,
         "--data-dir",
@@ -241,6 +243,7 @@ def _config_from(args: argparse.Namespace) -> object:
         buffer_rows=args.buffer_rows,
         spool_dir=args.spool_dir,
         spool_max_bytes=args.spool_max_bytes,
+        timescale=timescale_settings(args),
         refresh_interval=args.refresh_interval,
         stale_after={"ticker": args.stale_after},
     )

@@ -22,6 +22,58 @@ from optionfeed.store.partitions import Partitions
 from optionfeed.store.tables import ALL
 
 
+def _duration(text: str) -> str:
+    try:
+        return timescale.interval(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _retention(text: str) -> str:
+    try:
+        return timescale.retention(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_timescale_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+) -> None:
+    """``--timescale``, ``--compress-after`` and ``--retention``: shared by migrate and collect."""
+    add_option(
+        parser,
+        "--timescale",
+        default=timescale.Mode.AUTO.value,
+        choices=[m.value for m in timescale.Mode],
+        help="make the time tables TimescaleDB hypertables: auto (when the server has the "
+        "extension and preloads it), on (required), off",
+    )
+    add_option(
+        parser,
+        "--compress-after",
+        type=_duration,
+        default="2 days",
+        metavar="DURATION",
+        help="TimescaleDB: compress chunks older than this, e.g. 12h, 2d or 1w",
+    )
+    add_option(
+        parser,
+        "--retention",
+        type=_retention,
+        metavar="DURATION",
+        help="TimescaleDB: drop chunks older than this, e.g. 90d; 'forever' removes the policy "
+        "(default: leave the policy as it is)",
+    )
+
+
+def timescale_settings(args: argparse.Namespace) -> timescale.Settings:
+    return timescale.Settings(
+        mode=timescale.Mode(args.timescale),
+        compress_after=args.compress_after,
+        retention=args.retention,
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_option(
         parser,
@@ -29,14 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="PostgreSQL URL (default: the embedded PostgreSQL under ./.optionfeed/)",
         metavar="URL",
     )
-    add_option(
-        parser,
-        "--timescale",
-        default=timescale.Mode.AUTO.value,
-        choices=[m.value for m in timescale.Mode],
-        help="make the time tables TimescaleDB hypertables: auto (when the server has the "
-        "extension), on (required), off",
-    )
+    add_timescale_arguments(parser)
     add_option(
         parser,
         "--connect-timeout",
@@ -48,13 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def migrate_database(
-    url: str, *, mode: timescale.Mode = timescale.Mode.AUTO, connect_timeout: float = 10.0
+    url: str, *, settings: timescale.Settings | None = None, connect_timeout: float = 10.0
 ) -> list[migrations.Migration]:
-    """Apply pending migrations, enable TimescaleDB per ``mode``, make today's partitions."""
+    """Apply pending migrations, enable TimescaleDB per ``settings``, make today's partitions."""
     connection = await connect(url, connect_timeout=connect_timeout)
     try:
         applied = await migrations.migrate(connection)
-        hyper = await timescale.enable(connection, mode)
+        hyper = await timescale.enable(connection, settings)
         partitions = Partitions(ALL)
         partitions.exclude(hyper)
         await partitions.ensure_ahead(connection, int(time.time() * 1000))
@@ -64,15 +109,15 @@ async def migrate_database(
 
 
 async def _run(args: argparse.Namespace) -> tuple[str, list[migrations.Migration]]:
-    mode = timescale.Mode(args.timescale)
+    settings = timescale_settings(args)
     if args.database_url:
         applied = await migrate_database(
-            args.database_url, mode=mode, connect_timeout=args.connect_timeout
+            args.database_url, settings=settings, connect_timeout=args.connect_timeout
         )
         return mask_url(args.database_url), applied
     async with EmbeddedPostgres() as embedded:
         applied = await migrate_database(
-            embedded.url, mode=mode, connect_timeout=args.connect_timeout
+            embedded.url, settings=settings, connect_timeout=args.connect_timeout
         )
     return f"the embedded PostgreSQL under {DEFAULT_DIRECTORY}", applied
 

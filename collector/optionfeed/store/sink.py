@@ -177,7 +177,7 @@ class PostgresSink:
         write_timeout: float = 60.0,
         close_timeout: float = 10.0,
         migrate: bool = True,
-        timescale_mode: timescale.Mode = timescale.Mode.AUTO,
+        timescale_settings: timescale.Settings | None = None,
         partitions_ahead: int = 3,
     ) -> None:
         self.url = url
@@ -190,7 +190,7 @@ class PostgresSink:
         self._write_timeout = write_timeout
         self._close_timeout = close_timeout
         self._migrate = migrate
-        self._timescale_mode = timescale_mode
+        self._timescale = timescale_settings or timescale.Settings()
         self._ahead = partitions_ahead
         self._ahead_day: int | None = None
         self._pool: asyncpg.Pool | None = None
@@ -215,7 +215,7 @@ class PostgresSink:
             async with pool.acquire() as connection:
                 if self._migrate:
                     await migrations.migrate(connection)
-                    hyper = await timescale.enable(connection, self._timescale_mode)
+                    hyper = await timescale.enable(connection, self._timescale)
                 else:
                     hyper = await timescale.hypertables(connection)
                 await check_schema(connection, self.tables)

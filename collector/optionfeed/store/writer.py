@@ -199,7 +199,7 @@ class Writer:
         metrics: WriterMetrics,
         tables: Iterable[Table] = ALL,
         migrate: bool = True,
-        timescale_mode: timescale.Mode = timescale.Mode.AUTO,
+        timescale_settings: timescale.Settings | None = None,
         pool_size: int = 2,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         write_timeout: float = 60.0,
@@ -213,7 +213,7 @@ class Writer:
             connect_timeout=connect_timeout,
             write_timeout=write_timeout,
             migrate=migrate,
-            timescale_mode=timescale_mode,
+            timescale_settings=timescale_settings,
         )
         return cls(sink, metrics=metrics, **options)
 
