@@ -199,3 +199,80 @@ async def test_each_bad_instrument_of_a_listing_is_rejected_and_the_others_are_s
     assert "strike is str" in reasons[1], reasons
     assert "instrument_name" in reasons[0], reasons
     assert "element 3 of 3" in reasons[0], reasons  # its place in the listing that arrived
+
+
+# ------------------------------------------------------------------------- channels and frames
+
+
+async def test_a_notification_on_a_channel_never_subscribed_is_rejected_naming_the_channel(
+    database_url: str, tmp_path: Path, exchange: ScriptedExchange
+) -> None:
+    stranger = "ETH-1JAN30-3100-C"
+    async with collector_on(exchange, database_url, tmp_path, ("ticker",)) as collector:
+        await exchange.wait_subscribed(TICKER)
+        await exchange.notify(f"ticker.{stranger}.100ms", ticker(stranger))
+        await exchange.notify(TICKER, ticker())
+        await rows_in(database_url, "option_tickers", 1, what="the subscribed ticker")
+        await rows_in(database_url, "rejected_messages", 1, what="the stranger's ticker")
+        assert rejected_metric(collector, "unsubscribed_channel") == 1
+    stored = await fetch(database_url, "SELECT instrument FROM option_tickers")
+    assert [r["instrument"] for r in stored] == [INSTRUMENT]
+    rejected = await fetch(database_url, "SELECT channel, reason, raw FROM rejected_messages")
+    assert len(rejected) == 1
+    assert rejected[0]["channel"] == f"ticker.{stranger}.100ms"
+    assert f"ticker.{stranger}.100ms" in rejected[0]["reason"]
+    assert "not subscribe" in rejected[0]["reason"]
+    assert stranger in rejected[0]["raw"]
+
+
+FRAMES = [
+    (b'{"jsonrpc": "2.0", "result": "\xff"}', "not_utf8", "not UTF-8: invalid start byte"),
+    (b'{"jsonrpc": "2.0", "method": "subscr', "not_json", "not JSON: "),
+    (b"[1, 2]", "not_jsonrpc", "not a JSON-RPC frame: "),
+    (
+        b'{"jsonrpc": "2.0", "method": "subscription", "params": {"data": {}}}',
+        "not_jsonrpc",
+        "not a JSON-RPC notification: no params.channel",
+    ),
+    (
+        b'{"jsonrpc": "2.0", "method": "subscription", "params": {"channel": "x.y"}}',
+        "not_jsonrpc",
+        "not a JSON-RPC notification: no params.data",
+    ),
+    (
+        b'{"jsonrpc": "2.0", "id": 999999, "result": 1}',
+        "unknown_response",
+        "a response to no request",
+    ),
+    (
+        b'{"jsonrpc": "2.0", "method": "surprise", "params": {}}',
+        "unexpected_notification",
+        "unexpected notification 'surprise'",
+    ),
+]
+
+
+async def test_frames_the_connection_cannot_use_are_rejected_saying_what_was_wrong(
+    database_url: str, tmp_path: Path, exchange: ScriptedExchange
+) -> None:
+    async with collector_on(exchange, database_url, tmp_path, ("ticker",)) as collector:
+        await exchange.wait_subscribed(TICKER)
+        for frame, _, _ in FRAMES:
+            await exchange.send_raw(frame)
+        await exchange.send_raw(b'{"jsonrpc": "2.0"}', binary=True)
+        await exchange.notify(TICKER, ticker())
+        await rows_in(database_url, "option_tickers", 1, what="the ticker after the bad frames")
+        await rows_in(database_url, "rejected_messages", len(FRAMES) + 1, what="every bad frame")
+        for label in {label for _, label, _ in FRAMES} | {"binary_frame"}:
+            assert rejected_metric(collector, label) >= 1, label
+    rows = await fetch(database_url, "SELECT reason, raw FROM rejected_messages")
+    by_raw = {r["raw"]: r["reason"] for r in rows}
+    for frame, _, says in FRAMES:
+        reason = by_raw[frame.decode(errors="backslashreplace")]
+        assert reason.startswith(says), (frame, reason)
+        assert "malformed" not in reason
+    assert (
+        "invalid start byte at position 30 (byte 0xff)"
+        in by_raw['{"jsonrpc": "2.0", "result": "\\xff"}']
+    )
+    assert any(r.startswith("a binary frame") for r in by_raw.values()), by_raw

@@ -5,9 +5,14 @@ family and instrument, and later notifications on that channel go straight to it
 normalise the payload, buffer the rows in the writer (awaiting it is the backpressure that slows
 the reader when the database falls behind), and feed the gap detectors.
 
-Nothing is dropped silently. A payload that does not normalise, a frame that is not JSON, a
-notification on a channel we never asked for: each becomes a ``rejected_messages`` row with its
-reason and raw text, and ``optionfeed_rejected_messages_total{reason}`` rises. Rejection is per
+Nothing is dropped silently. A payload that does not normalise, a frame that is not UTF-8, not
+JSON or not JSON-RPC, a notification on a channel the connection did not subscribe to (the
+connection knows what it holds and hands those to :meth:`Router.rejected`, naming the channel):
+each becomes a ``rejected_messages`` row with its reason and raw text, and
+``optionfeed_rejected_messages_total{reason}`` rises. The row's reason says what was wrong; the
+metric's label is its short form (``not_utf8``, ``not_json``, ``not_jsonrpc``, ``binary_frame``,
+``unexpected_notification``, ``unknown_response``, ``unsubscribed_channel``, or the normalisation
+reason such as ``wrong_type``). Rejection is per
 element (:mod:`optionfeed.collector.normalize` says what an element is for each family): the
 good trades of a ``trades.*`` message are stored, and each bad one is a row of its own, holding
 that element's JSON. A rejected trade is not seen by the sequence check either, so the next good
@@ -144,10 +149,12 @@ class Router:
         try:
             await handler(data, raw, recv_ts)
         except NormalizeError as exc:
-            await self._reject(raw, exc.reason, exc.detail, recv_ts, channel)
+            await self._reject(raw, exc.reason, f"{exc.reason}: {exc.detail}", recv_ts, channel)
 
-    async def rejected(self, raw: bytes, reason: str, recv_ts: float) -> None:
-        await self._reject(raw, "malformed", reason, recv_ts, None)
+    async def rejected(
+        self, raw: bytes, reason: str, detail: str, recv_ts: float, channel: str | None = None
+    ) -> None:
+        await self._reject(raw, reason, detail, recv_ts, channel)
 
     async def reject_elements(
         self, bad: list[BadElement], of: int | None, recv_ts: float, channel: str
@@ -159,7 +166,7 @@ class Router:
         """
         for element in bad:
             error = element.error
-            detail = error.detail
+            detail = f"{error.reason}: {error.detail}"
             if of is not None:
                 detail = f"{detail} (element {element.position + 1} of {of})"
             await self._reject(_json_text(element.value), error.reason, detail, recv_ts, channel)
@@ -167,15 +174,12 @@ class Router:
     async def _reject(
         self, raw: bytes | str, reason: str, detail: str, recv_ts: float, channel: str | None
     ) -> None:
+        """``reason`` labels the metric; ``detail``, the whole why, is the row's reason."""
         self.counts.rejected += 1
         self._metrics.rejected_messages_total.labels(reason).inc()
         if self.counts.rejected <= 10 or self.counts.rejected % 1000 == 0:
-            log.warning(
-                "rejected a frame (%s: %s); %d so far", reason, detail, self.counts.rejected
-            )
-        await self._rows.put(
-            tables.REJECTED, rejected_row(f"{reason}: {detail}", raw, recv_ts, channel)
-        )
+            log.warning("rejected a frame (%s); %d so far", detail, self.counts.rejected)
+        await self._rows.put(tables.REJECTED, rejected_row(detail, raw, recv_ts, channel))
 
     # ----------------------------------------------------------------- routing
 
