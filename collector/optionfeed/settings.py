@@ -8,6 +8,7 @@ everywhere without each command repeating it.
 from __future__ import annotations
 
 import argparse
+import enum
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -31,12 +32,20 @@ def add_option(
     *,
     type: Callable[[str], Any] = str,
     default: Any = None,
+    default_text: str | None = None,
     help: str,
     choices: Sequence[Any] | None = None,
     metavar: str | None = None,
+    secret: bool = False,
     environ: os._Environ[str] | dict[str, str] | None = None,
 ) -> None:
     """Add ``flag`` with a default taken from its environment variable when one is set.
+
+    The help ends with the variables read and the default, once, as a user would type it
+    (``BTC,ETH``, not a tuple). ``default_text`` describes a default that has no value of its
+    own ("an embedded PostgreSQL under --data-dir"); ``help`` itself never states the default. A
+    value from the environment is the default then, shown with the variable it came from; a URL's
+    password is masked, and a ``secret`` value is not shown at all.
 
     A malformed value in the environment is reported like a malformed flag: argparse prints the
     variable's name and exits with status 2.
@@ -44,6 +53,7 @@ def add_option(
     env = os.environ if environ is None else environ
     dest = flag.lstrip("-").replace("-", "_")
     names = env_names(dest)
+    source: str | None = None
     for name in names:
         raw = env.get(name)
         if raw is not None and raw != "":
@@ -51,13 +61,41 @@ def add_option(
                 default = type(raw)
             except (TypeError, ValueError) as exc:
                 raise SystemExit(f"optionfeed: error: environment variable {name}: {exc}") from None
+            source = name
             break
     shown = f"{help} [env: {', '.join(names)}]"
-    if default is not None and "%(default)" not in help:
-        shown += " (default: %(default)s)"
+    if source is not None:
+        value = "set" if secret else as_typed(default)
+        shown += f" (default: {value}, from {source})"
+    elif default is not None:
+        shown += f" (default: {as_typed(default)})"
+    elif default_text is not None:
+        shown += f" (default: {default_text})"
     parser.add_argument(
-        flag, dest=dest, type=type, default=default, help=shown, choices=choices, metavar=metavar
+        flag,
+        dest=dest,
+        type=type,
+        default=default,
+        # argparse %-formats help texts: a literal % (in a URL, say) must be doubled.
+        help=shown.replace("%", "%%"),
+        choices=choices,
+        metavar=metavar,
     )
+
+
+def as_typed(value: Any) -> str:
+    """A default value as it would be typed on the command line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, enum.Enum):
+        return as_typed(value.value)
+    if isinstance(value, tuple | list | frozenset | set):
+        return ",".join(as_typed(item) for item in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # 300, not 300.0
+    if isinstance(value, str):
+        return mask_url(value)
+    return str(value)
 
 
 _USERINFO_PASSWORD = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@]*):[^@/?#]*@")

@@ -97,3 +97,35 @@ def test_transient_codes_follow_the_protocol_brief() -> None:
     assert RpcError(10028, "too_many_requests").ends_session
     assert RpcError(11051, "system_maintenance").transient
     assert not RpcError(13778, "raw_subscriptions_not_available_for_unauthorized").transient
+
+
+@pytest.mark.parametrize(
+    ("raw", "label", "detail"),
+    [
+        (b'{"a": "\xff"}', "not_utf8", "not UTF-8: invalid start byte at position 7 (byte 0xff)"),
+        (
+            b'{"a": "\xed\xa0\x80"}',
+            "not_utf8",
+            "not UTF-8: invalid continuation byte at position 7 (byte 0xed)",
+        ),
+        (b"{nope", "not_json", "not JSON: unexpected character, expected a string key at "),
+        (b"", "not_json", "not JSON: Input is a zero-length, empty document at position 0"),
+    ],
+)
+def test_an_unparsable_frame_is_described_by_what_is_wrong_with_it(
+    raw: bytes, label: str, detail: str
+) -> None:
+    with pytest.raises(orjson.JSONDecodeError) as info:
+        orjson.loads(raw)
+    got_label, got_detail = jsonrpc.why_unparsable(raw, info.value)
+    assert got_label == label
+    assert got_detail.startswith(detail), got_detail
+
+
+def test_a_subscription_without_channel_or_data_says_which() -> None:
+    assert jsonrpc.subscription_problem([]).endswith("params is list, not an object")
+    assert jsonrpc.subscription_problem({"data": 1}).endswith("no params.channel")
+    assert jsonrpc.subscription_problem({"channel": 5}).endswith(
+        "params.channel is int, not a string"
+    )
+    assert jsonrpc.subscription_problem({"channel": "x"}).endswith("no params.data")

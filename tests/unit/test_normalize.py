@@ -299,6 +299,27 @@ def test_trades_data_is_an_array_and_each_element_is_checked() -> None:
         normalize.trade_rows([TRADE, {k: v for k, v in TRADE.items() if k != "trade_seq"}], RECV)
 
 
+def test_split_trades_keeps_the_good_trades_and_names_each_bad_one_with_its_position() -> None:
+    second = dict(TRADE, trade_id="48079290", trade_seq=3, amount="2.0")
+    fourth = {k: v for k, v in TRADE.items() if k != "trade_seq"}
+    good = [TRADE, dict(TRADE, trade_id="48079291", trade_seq=4)]
+    rows, bad = normalize.split_trades([good[0], second, good[1], fourth], RECV)
+    assert rows == normalize.trade_rows(good, RECV)
+    assert [(b.position, b.value, b.error.reason) for b in bad] == [
+        (1, second, "wrong_type"),
+        (3, fourth, "missing_field"),
+    ]
+    assert "amount is str" in bad[0].error.detail
+
+
+def test_split_trades_of_well_formed_trades_is_trade_rows() -> None:
+    trades = [TRADE, dict(TRADE, trade_id="48079290", trade_seq=3)]
+    assert normalize.split_trades(trades, RECV) == (normalize.trade_rows(trades, RECV), [])
+    assert normalize.split_trades([], RECV) == ([], [])
+    with pytest.raises(NormalizeError, match="array"):
+        normalize.split_trades(TRADE, RECV)
+
+
 @pytest.mark.parametrize(
     ("change", "mentions"),
     [

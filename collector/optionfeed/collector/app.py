@@ -45,7 +45,12 @@ from optionfeed.collector.connection import ConnectionSettings
 from optionfeed.collector.feed import Feed, instrument_of
 from optionfeed.collector.gaps import DEFAULT_STALE_AFTER, GapRecorder
 from optionfeed.collector.lifecycle import Lifecycle
-from optionfeed.collector.normalize import NormalizeError, instrument_row
+from optionfeed.collector.normalize import (
+    MISSING_FIELD,
+    BadElement,
+    NormalizeError,
+    instrument_row,
+)
 from optionfeed.collector.pacing import RequestPacer
 from optionfeed.collector.router import Router
 from optionfeed.deribit import channels as ch
@@ -67,6 +72,7 @@ from optionfeed.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 
 DEFAULT_EXCHANGE_URL = "wss://www.deribit.com/ws/api/v2"
+GET_INSTRUMENTS = "public/get_instruments"
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +356,7 @@ class Collector:
             pacer=self.pacer,
             trades=router.trades,
             on_recovered=gaps.recovered,
+            reject=router.reject_elements,
             workers=config.backfill_workers,
         )
         self.lifecycle = Lifecycle(
@@ -463,23 +470,37 @@ class Collector:
 
     # ----------------------------------------------------------------- instruments
 
-    def _remember(self, instruments: list[Instrument]) -> None:
-        for instrument in instruments:
-            if instrument.get("kind", "option") == "option":
+    def _remember(self, instruments: list[Instrument]) -> list[BadElement]:
+        """Keep the options of a listing by name; those without a name are returned."""
+        unnamed: list[BadElement] = []
+        for index, instrument in enumerate(instruments):
+            if (
+                not isinstance(instrument, dict)
+                or type(instrument.get("instrument_name")) is not str
+            ):
+                detail = "instrument: not an object with an instrument_name string"
+                unnamed.append(BadElement(index, instrument, NormalizeError(MISSING_FIELD, detail)))
+            elif instrument.get("kind", "option") == "option":
                 self.instruments[instrument["instrument_name"]] = instrument
+        return unnamed
 
     async def _store_instruments(
         self, instruments: list[Instrument], *, expired: bool = False
     ) -> None:
+        """Store each instrument that normalises; each one that does not is a rejection."""
         assert self.writer is not None
         now = time.time()
-        for instrument in instruments:
+        bad: list[BadElement] = []
+        for index, instrument in enumerate(instruments):
             try:
                 row = instrument_row(instrument, now, expired=expired)
             except NormalizeError as exc:
-                log.warning("instrument %s not stored: %s", instrument.get("instrument_name"), exc)
+                bad.append(BadElement(index, instrument, exc))
                 continue
             await self.writer.put(tables.INSTRUMENTS, row)
+        if bad and self.router is not None:
+            # The list is what this collector knows, not one listing: no positions.
+            await self.router.reject_elements(bad, None, now, GET_INSTRUMENTS)
 
     async def _refresh_loop(self, rest: RestClient) -> None:
         """Reference data now and every ``refresh_interval``; local mode also re-ranks then."""
@@ -491,7 +512,11 @@ class Collector:
                 "list instruments",
             )
             if instruments:
-                self._remember(instruments)
+                unnamed = self._remember(instruments)
+                if unnamed and self.router is not None:
+                    await self.router.reject_elements(
+                        unnamed, len(instruments), time.time(), GET_INSTRUMENTS
+                    )
                 await self._store_instruments(list(self.instruments.values()))
                 if first:
                     log.info("stored reference data of %d instruments", len(self.instruments))

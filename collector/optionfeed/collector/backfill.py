@@ -12,8 +12,15 @@ credit buckets its WebSocket requests draw on, so backfill can never push the co
 10028. Transient errors and an unreachable exchange are retried with backoff for as long as the
 collector runs; an instrument the exchange no longer knows is given up with a log line.
 
-``rows_recovered`` counts the trades fetched that the stream had not delivered: those before the
-first trade the stream delivered after the gap, within ``upto_seq`` when it is known.
+Each trade of a page is checked on its own (:func:`~optionfeed.collector.normalize.split_trades`):
+the good ones are stored, each malformed one becomes a ``rejected_messages`` row (its channel is
+the REST method) and is not counted as recovered.
+
+``rows_recovered`` counts the trades stored that the stream had not delivered: those before the
+first trade the stream delivered after the gap, within ``upto_seq`` when it is known. A trade
+counts once its row is handed to the writer, which stores every row normalisation accepts (rows
+merge on their natural key; one the database refused anyway would be isolated into
+``rejected_messages`` and logged by the writer).
 """
 
 from __future__ import annotations
@@ -21,16 +28,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from operator import itemgetter
+from typing import Any
 
 from optionfeed.backoff import Backoff
 from optionfeed.collector.gaps import TradeRecovery
-from optionfeed.collector.normalize import NormalizeError, trade_rows
+from optionfeed.collector.normalize import BadElement, split_trades
 from optionfeed.collector.pacing import RequestPacer
 from optionfeed.collector.router import RowSink
 from optionfeed.collector.sequences import TradeSequences
 from optionfeed.deribit.errors import ExchangeUnreachable, ProtocolError, RpcError
-from optionfeed.deribit.messages import Trade
 from optionfeed.deribit.rest import RestClient
 from optionfeed.store import tables
 
@@ -41,6 +49,10 @@ BY_SEQ = "public/get_last_trades_by_instrument"
 BY_TIME = "public/get_last_trades_by_instrument_and_time"
 
 Recovered = Callable[[TradeRecovery, int, tuple[int, int] | None], None]
+# Stores each bad element of a list as a rejection: (elements, of how many, when, where from).
+RejectElements = Callable[[list[BadElement], int | None, float, str], Awaitable[None]]
+
+_SEQ = tables.index_of(tables.TRADES, "trade_seq")
 
 
 class Backfiller:
@@ -52,6 +64,7 @@ class Backfiller:
         pacer: RequestPacer,
         trades: TradeSequences,
         on_recovered: Recovered,
+        reject: RejectElements,
         workers: int = 2,
     ) -> None:
         self._rest = rest
@@ -59,6 +72,7 @@ class Backfiller:
         self._pacer = pacer
         self._trades = trades
         self._on_recovered = on_recovered
+        self._reject = reject
         self._workers = workers
         self._queue: asyncio.Queue[TradeRecovery] = asyncio.Queue()
         self.pending = 0
@@ -89,11 +103,13 @@ class Backfiller:
 
     async def _recover(self, recovery: TradeRecovery) -> None:
         backoff = Backoff(base=1.0, cap=30.0)
-        fetched: list[Trade] = []
+        stored: list[int] = []  # trade_seq of every trade stored
+        fetched = 0
+        highest: int | None = None  # the highest trade_seq the exchange gave, stored or not
         after = recovery.after_seq
         while True:
             try:
-                page, has_more = await self._page(recovery, after)
+                method, page, has_more = await self._page(recovery, after)
             except (ExchangeUnreachable, RpcError, ProtocolError) as exc:
                 if isinstance(exc, RpcError) and not exc.transient:
                     log.error(
@@ -112,17 +128,20 @@ class Backfiller:
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
-            if page:
-                await self._store(recovery.instrument, page)
-                fetched.extend(page)
-                after = max(t["trade_seq"] for t in page)
-            if not has_more or not page:
+            fetched += len(page)
+            stored.extend(await self._store(method, page, after))
+            last = _last_seq(page)
+            if last is None or (after is not None and last <= after):
+                break  # an empty page, or one that does not move on
+            highest = last if highest is None else max(highest, last)
+            after = last
+            if not has_more:
                 break
-        self.fetched += len(fetched)
-        missed = [t for t in fetched if _was_missed(t["trade_seq"], recovery)]
-        seqs = (missed[0]["trade_seq"], missed[-1]["trade_seq"]) if missed else None
-        if fetched:
-            self._trades.seed(recovery.instrument, max(t["trade_seq"] for t in fetched))
+        self.fetched += fetched
+        missed = [seq for seq in stored if _was_missed(seq, recovery)]
+        seqs = (min(missed), max(missed)) if missed else None
+        if highest is not None:
+            self._trades.seed(recovery.instrument, highest)
         if missed:
             log.info(
                 "recovered %d trades of %s (trade_seq %d..%d)",
@@ -132,36 +151,57 @@ class Backfiller:
             )
         self._on_recovered(recovery, len(missed), seqs)
 
-    async def _page(self, recovery: TradeRecovery, after: int | None) -> tuple[list[Trade], bool]:
+    async def _page(
+        self, recovery: TradeRecovery, after: int | None
+    ) -> tuple[str, list[Any], bool]:
+        """The method asked, its page of trades (unchecked), and whether more follow."""
         if after is None:
-            await self._pacer.acquire(BY_TIME)
+            method = BY_TIME
+            await self._pacer.acquire(method)
             end = recovery.gap.end or time.time()
-            result = await self._rest.get_last_trades_by_instrument_and_time(
+            result: Any = await self._rest.get_last_trades_by_instrument_and_time(
                 recovery.instrument,
                 start_timestamp=int(recovery.gap.start * 1000),
                 end_timestamp=int(end * 1000) + 1,
                 count=PAGE,
             )
         else:
-            await self._pacer.acquire(BY_SEQ)
+            method = BY_SEQ
+            await self._pacer.acquire(method)
             result = await self._rest.get_last_trades_by_instrument(
                 recovery.instrument,
                 start_seq=after + 1,
                 end_seq=recovery.upto_seq,
                 count=PAGE,
             )
-        trades = sorted(result["trades"], key=lambda t: t["trade_seq"])
-        if after is not None:
-            trades = [t for t in trades if t["trade_seq"] > after]
-        return trades, bool(result.get("has_more"))
+        if not isinstance(result, dict) or not isinstance(result.get("trades"), list):
+            raise ProtocolError(
+                f"{method} answered {type(result).__name__}, not an object with a trades array"
+            )
+        return method, result["trades"], bool(result.get("has_more"))
 
-    async def _store(self, instrument: str, trades: list[Trade]) -> None:
-        try:
-            rows = trade_rows(trades, time.time())
-        except NormalizeError as exc:
-            log.error("trades of %s from REST are malformed (%s); not stored", instrument, exc)
-            return
-        await self._rows.put_many(tables.TRADES, rows)
+    async def _store(self, method: str, page: list[Any], after: int | None) -> list[int]:
+        """Store the good trades of ``page`` after ``after``, reject the bad; their trade_seqs."""
+        now = time.time()
+        rows, bad = split_trades(page, now)
+        if bad:
+            await self._reject(bad, len(page), now, method)
+        if after is not None:
+            rows = [row for row in rows if row[_SEQ] > after]
+        rows.sort(key=itemgetter(_SEQ))
+        if rows:
+            await self._rows.put_many(tables.TRADES, rows)
+        return [row[_SEQ] for row in rows]
+
+
+def _last_seq(page: list[Any]) -> int | None:
+    """The highest trade_seq on a page, malformed trades included (where paging resumes)."""
+    seqs: list[int] = [
+        trade["trade_seq"]
+        for trade in page
+        if isinstance(trade, dict) and type(trade.get("trade_seq")) is int
+    ]
+    return max(seqs, default=None)
 
 
 def _was_missed(trade_seq: int, recovery: TradeRecovery) -> bool:

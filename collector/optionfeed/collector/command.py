@@ -105,7 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         where,
         "--database-url",
         metavar="URL",
-        help="PostgreSQL URL (default: an embedded PostgreSQL under --data-dir)",
+        default_text="an embedded PostgreSQL under --data-dir",
+        help="PostgreSQL URL",
     )
     add_timescale_arguments(where)
     add_option(
@@ -121,7 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--spool-dir",
         type=Path,
         metavar="DIR",
-        help="where batches wait while the database is down (default: <data-dir>/spool)",
+        default_text="<data-dir>/spool",
+        help="where batches wait while the database is down",
     )
     add_option(
         where,
@@ -132,7 +134,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="size limit of the spool; when full, reading from the exchange slows down",
     )
     add_option(where, "--client-id", metavar="ID", help="Deribit API key id (for raw channels)")
-    add_option(where, "--client-secret", metavar="SECRET", help="Deribit API key secret")
+    add_option(
+        where, "--client-secret", metavar="SECRET", secret=True, help="Deribit API key secret"
+    )
     run = parser.add_argument_group("running")
     add_option(
         run,
@@ -148,7 +152,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--duration",
         type=positive_float,
         metavar="SECONDS",
-        help="stop cleanly after this long (default: run until SIGTERM/SIGINT)",
+        default_text="run until SIGTERM/SIGINT",
+        help="stop cleanly after this long",
     )
     add_option(
         run,

@@ -87,7 +87,10 @@ class Sink(Protocol):
 
     async def notification(self, channel: str, data: Any, raw: bytes, recv_ts: float) -> None: ...
 
-    async def rejected(self, raw: bytes, reason: str, recv_ts: float) -> None: ...
+    async def rejected(
+        self, raw: bytes, reason: str, detail: str, recv_ts: float, channel: str | None = None
+    ) -> None:
+        """A frame that cannot be used: ``reason`` is a metric label, ``detail`` the whole why."""
 
 
 class Observer:
@@ -398,8 +401,14 @@ class ExchangeConnection:
 
     async def _read_frames(self, ws: BytesWebSocket) -> None:
         notification = self._sink.notification
+        rejected = self._sink.rejected
         loads = orjson.loads
         text = WSMsgType.TEXT
+        # Notifications are taken only on channels this connection holds or still has
+        # acknowledged: an unsubscribe's answer follows every notification sent before it, so
+        # nothing the exchange sent while the channel was ours is refused. Both sets are only
+        # ever changed in place, so these names stay current.
+        held, acked = self.held, self.acked
         while True:
             msg = await ws.receive()
             if msg.type is not text:
@@ -410,7 +419,8 @@ class ExchangeConnection:
                     self._end(ConnectionLost("socket_error", str(ws.exception())))
                     return
                 if msg.type is WSMsgType.BINARY:
-                    await self._sink.rejected(msg.data, "binary frame", time.time())
+                    detail = f"a binary frame ({len(msg.data)} bytes); the exchange sends text"
+                    await rejected(msg.data, "binary_frame", detail, time.time())
                 continue
             raw: bytes = msg.data
             recv_ts = time.time()
@@ -419,15 +429,24 @@ class ExchangeConnection:
             try:
                 frame = loads(raw)
             except orjson.JSONDecodeError as exc:
-                await self._sink.rejected(raw, f"not JSON: {exc.msg}", recv_ts)
+                await rejected(raw, *jsonrpc.why_unparsable(raw, exc), recv_ts)
                 continue
             if type(frame) is dict and frame.get("method") == "subscription":
                 params = frame.get("params")
                 if type(params) is dict and type(params.get("channel")) is str and "data" in params:
-                    self.notifications += 1
-                    await notification(params["channel"], params["data"], raw, recv_ts)
+                    channel = params["channel"]
+                    if channel in acked or channel in held:
+                        self.notifications += 1
+                        await notification(channel, params["data"], raw, recv_ts)
+                    else:
+                        detail = (
+                            f"a notification on {channel[:200]!r}, "
+                            "a channel this connection did not subscribe to"
+                        )
+                        await rejected(raw, "unsubscribed_channel", detail, recv_ts, channel)
                 else:
-                    await self._sink.rejected(raw, "subscription without channel and data", recv_ts)
+                    detail = jsonrpc.subscription_problem(params)
+                    await rejected(raw, "not_jsonrpc", detail, recv_ts)
                 continue
             await self._control_frame(ws, frame, raw, recv_ts)
 
@@ -438,14 +457,15 @@ class ExchangeConnection:
         try:
             decoded = jsonrpc.decode_frame(raw)
         except ProtocolError as exc:
-            await self._sink.rejected(raw, exc.reason, recv_ts)
+            await self._sink.rejected(raw, "not_jsonrpc", f"not a JSON-RPC frame: {exc}", recv_ts)
             return
         if isinstance(decoded, jsonrpc.Notification):
             if decoded.method == "heartbeat":
                 if decoded.params.get("type") == "test_request":
                     await self._answer_test_request(ws)
                 return  # plain heartbeats need no answer
-            await self._sink.rejected(raw, f"unexpected notification {decoded.method!r}", recv_ts)
+            detail = f"unexpected notification {decoded.method[:80]!r}"
+            await self._sink.rejected(raw, "unexpected_notification", detail, recv_ts)
             return
         request_id = decoded.id
         if isinstance(request_id, int) and request_id in self._ignored_ids:
@@ -453,7 +473,8 @@ class ExchangeConnection:
             return
         future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
         if future is None:
-            await self._sink.rejected(raw, "response to no request of ours", recv_ts)
+            detail = f"a response to no request of ours (id {str(request_id)[:40]})"
+            await self._sink.rejected(raw, "unknown_response", detail, recv_ts)
             return
         if future.done():
             return

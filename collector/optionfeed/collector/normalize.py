@@ -27,6 +27,18 @@ short label from a fixed set (for the ``rejected_messages_total`` metric) and wh
 which field was wrong (for the ``rejected_messages`` row). Every row this module returns can be
 COPYed: the writer never meets a value it cannot encode.
 
+What is rejected is one element, never more: a bad element must not cost the good ones beside it.
+An element is the unit that becomes one row, or that is only meaningful whole:
+
+- ``ticker.*``, ``quote.*``: the notification (one object, one row).
+- ``book.*``: the notification. Its ``bids`` and ``asks`` are one change, chained to the next by
+  ``change_id``; storing some of its levels would record a book the exchange never had, so one bad
+  level rejects the change (and the chain's break then resyncs the book).
+- ``trades.*`` and the REST trade pages (``get_last_trades_by_instrument[_and_time]``): each trade.
+  :func:`split_trades` returns the rows of the good ones and each bad one apart; only ``data``
+  that is not an array is rejected whole.
+- ``get_instruments``: each instrument (:func:`instrument_row` takes one).
+
 Speed: the common case reads all of a message's fields with one ``operator.itemgetter`` call (C,
 one pass), checks the numeric fields' types in one pass over a tuple, and builds the row tuple
 directly. Messages that lack an optional field take a slower path that fills the gaps and then
@@ -37,18 +49,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from operator import itemgetter
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
 from optionfeed.store.tables import BOOK, QUOTES, TICKERS, TRADES, Row, Table
 
 __all__ = [
+    "BadElement",
     "NormalizeError",
+    "Split",
     "book_row",
     "instrument_row",
     "normalize",
     "quote_row",
+    "split_trades",
     "ticker_row",
     "trade_row",
     "trade_rows",
@@ -665,14 +680,56 @@ def trade_row(trade: Any, recv_ts: float) -> Row:
 def trade_rows(data: Any, recv_ts: float) -> list[Row]:
     """Rows for every trade of a ``trades.*`` notification (whose data is always an array).
 
-    The first malformed element raises; a caller that wants to keep the well-formed trades of a
-    partly bad message calls :func:`trade_row` per element instead.
+    All or nothing: the first malformed element raises. The collector keeps the well-formed
+    trades of a partly bad message with :func:`split_trades` instead.
     """
+    _check_trade_list(data)
+    return [trade_row(trade, recv_ts) for trade in data]
+
+
+class BadElement(NamedTuple):
+    """One element of a list payload that cannot become a row, and why."""
+
+    position: int  # in the list, from 0
+    value: Any  # the element as it arrived (parsed JSON)
+    error: NormalizeError
+
+
+class Split(NamedTuple):
+    """A list payload sorted into the rows of its good elements and its bad elements."""
+
+    rows: list[Row]  # in the order of the elements
+    bad: list[BadElement]
+
+
+def split_trades(data: Any, recv_ts: float) -> Split:
+    """Rows for the well-formed trades of ``data`` (a ``trades.*`` array or a REST trade page);
+    every malformed one becomes a :class:`BadElement` on its own.
+
+    ``data`` that is not an array raises :class:`NormalizeError`: no element can be told apart.
+    The common case, every trade well-formed, costs what :func:`trade_rows` does: elements are
+    looked at one by one only after a first failure.
+    """
+    _check_trade_list(data)
+    try:
+        return Split([trade_row(trade, recv_ts) for trade in data], [])
+    except NormalizeError:
+        pass
+    rows: list[Row] = []
+    bad: list[BadElement] = []
+    for position, trade in enumerate(data):
+        try:
+            rows.append(trade_row(trade, recv_ts))
+        except NormalizeError as exc:
+            bad.append(BadElement(position, trade, exc))
+    return Split(rows, bad)
+
+
+def _check_trade_list(data: Any) -> None:
     if type(data) is not list:
         raise NormalizeError(
             WRONG_TYPE, f"trades: data is {type(data).__name__}, expected an array of trades"
         )
-    return [trade_row(trade, recv_ts) for trade in data]
 
 
 # ----------------------------------------------------------------------------------- instruments

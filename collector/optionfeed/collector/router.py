@@ -5,9 +5,18 @@ family and instrument, and later notifications on that channel go straight to it
 normalise the payload, buffer the rows in the writer (awaiting it is the backpressure that slows
 the reader when the database falls behind), and feed the gap detectors.
 
-Nothing is dropped silently. A payload that does not normalise, a frame that is not JSON, a
-notification on a channel we never asked for: each becomes a ``rejected_messages`` row with its
-reason and raw text, and ``optionfeed_rejected_messages_total{reason}`` rises.
+Nothing is dropped silently. A payload that does not normalise, a frame that is not UTF-8, not
+JSON or not JSON-RPC, a notification on a channel the connection did not subscribe to (the
+connection knows what it holds and hands those to :meth:`Router.rejected`, naming the channel):
+each becomes a ``rejected_messages`` row with its reason and raw text, and
+``optionfeed_rejected_messages_total{reason}`` rises. The row's reason says what was wrong; the
+metric's label is its short form (``not_utf8``, ``not_json``, ``not_jsonrpc``, ``binary_frame``,
+``unexpected_notification``, ``unknown_response``, ``unsubscribed_channel``, or the normalisation
+reason such as ``wrong_type``). Rejection is per
+element (:mod:`optionfeed.collector.normalize` says what an element is for each family): the
+good trades of a ``trades.*`` message are stored, and each bad one is a row of its own, holding
+that element's JSON. A rejected trade is not seen by the sequence check either, so the next good
+trade opens a gap and backfill asks the exchange for it again.
 """
 
 from __future__ import annotations
@@ -16,12 +25,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import orjson
+
 from optionfeed.collector.normalize import (
+    BadElement,
     NormalizeError,
     book_row,
     quote_row,
+    split_trades,
     ticker_row,
-    trade_rows,
 )
 from optionfeed.collector.sequences import BookBreak, BookChains, SequenceGap, TradeSequences
 from optionfeed.deribit.channels import Channel, InvalidChannel, Kind, parse_channel
@@ -33,6 +45,10 @@ from optionfeed.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Any, bytes, float], Awaitable[None]]
+
+# Positions in an option_trades row (optionfeed.store.tables.TRADES).
+_TRADE_INSTRUMENT = tables.index_of(tables.TRADES, "instrument")
+_TRADE_SEQ = tables.index_of(tables.TRADES, "trade_seq")
 
 
 class RowSink(Protocol):
@@ -133,23 +149,37 @@ class Router:
         try:
             await handler(data, raw, recv_ts)
         except NormalizeError as exc:
-            await self._reject(raw, exc.reason, exc.detail, recv_ts, channel)
+            await self._reject(raw, exc.reason, f"{exc.reason}: {exc.detail}", recv_ts, channel)
 
-    async def rejected(self, raw: bytes, reason: str, recv_ts: float) -> None:
-        await self._reject(raw, "malformed", reason, recv_ts, None)
+    async def rejected(
+        self, raw: bytes, reason: str, detail: str, recv_ts: float, channel: str | None = None
+    ) -> None:
+        await self._reject(raw, reason, detail, recv_ts, channel)
+
+    async def reject_elements(
+        self, bad: list[BadElement], of: int | None, recv_ts: float, channel: str
+    ) -> None:
+        """Store each bad element of a list payload of ``of`` elements as a rejection of its own.
+
+        ``channel`` names where the list came from: a channel, or a REST method. ``of`` is None
+        when the list is not the one that arrived (then no position is given).
+        """
+        for element in bad:
+            error = element.error
+            detail = f"{error.reason}: {error.detail}"
+            if of is not None:
+                detail = f"{detail} (element {element.position + 1} of {of})"
+            await self._reject(_json_text(element.value), error.reason, detail, recv_ts, channel)
 
     async def _reject(
-        self, raw: bytes, reason: str, detail: str, recv_ts: float, channel: str | None
+        self, raw: bytes | str, reason: str, detail: str, recv_ts: float, channel: str | None
     ) -> None:
+        """``reason`` labels the metric; ``detail``, the whole why, is the row's reason."""
         self.counts.rejected += 1
         self._metrics.rejected_messages_total.labels(reason).inc()
         if self.counts.rejected <= 10 or self.counts.rejected % 1000 == 0:
-            log.warning(
-                "rejected a frame (%s: %s); %d so far", reason, detail, self.counts.rejected
-            )
-        await self._rows.put(
-            tables.REJECTED, rejected_row(f"{reason}: {detail}", raw, recv_ts, channel)
-        )
+            log.warning("rejected a frame (%s); %d so far", detail, self.counts.rejected)
+        await self._rows.put(tables.REJECTED, rejected_row(detail, raw, recv_ts, channel))
 
     # ----------------------------------------------------------------- routing
 
@@ -164,7 +194,7 @@ class Router:
         if kind is Kind.QUOTE:
             return self._quote(parsed)
         if kind in (Kind.TRADES, Kind.CURRENCY_TRADES):
-            return self._trades()
+            return self._trades(channel)
         if kind is Kind.BOOK:
             return self._book(channel, parsed)
         if kind is Kind.INSTRUMENT_STATE:
@@ -205,21 +235,26 @@ class Router:
 
         return handle
 
-    def _trades(self) -> Handler:
+    def _trades(self, channel_name: str) -> Handler:
         put_many, table, count = self._rows.put_many, tables.TRADES, self._count["trades"]
         counts, observe, events = self.counts, self.trades.observe, self._events
+        reject_elements = self.reject_elements
 
         async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
-            rows = trade_rows(data, recv_ts)
+            rows, bad = split_trades(data, recv_ts)
             count.inc()
             counts.trades += len(rows)
-            for trade in data:  # trade_rows checked the shape of every element
-                instrument = trade["instrument_name"]
-                seq = trade["trade_seq"]
+            # From the rows, not the payload: only trades that were checked (and will be stored)
+            # move the sequence on, so a rejected one shows as a gap and is fetched again.
+            for row in rows:
+                instrument = row[_TRADE_INSTRUMENT]
+                seq = row[_TRADE_SEQ]
                 gap = observe(instrument, seq)
                 if gap is not None:
                     events.trade_gap(gap, recv_ts)
                 events.trade_seen(instrument, seq, recv_ts)
+            if bad:
+                await reject_elements(bad, len(data), recv_ts, channel_name)
             await put_many(table, rows)
 
         return handle
@@ -268,3 +303,12 @@ class Router:
             events.platform_state(data, recv_ts)
 
         return handle
+
+
+def _json_text(value: Any) -> bytes | str:
+    """An element as JSON for the ``raw`` column; ``repr`` for what orjson cannot encode
+    (an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return repr(value)

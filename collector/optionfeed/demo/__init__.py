@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--duration",
         type=positive_float,
         metavar="SECONDS",
-        help="stop after recording this long (default: until Ctrl-C)",
+        default_text="until Ctrl-C",
+        help="stop after recording this long",
     )
     add_option(
         parser, "--currency", type=currency_name, default="ETH", help="BTC, ETH or USDC options"
@@ -65,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="EVENTS",
         help="the simulated market's events per second across all of the currency's options",
     )
-    add_option(parser, "--seed", type=int, help="the simulator's seed (default: random)")
+    add_option(parser, "--seed", type=int, default_text="random", help="the simulator's seed")
     add_option(
         parser,
         "--data-dir",

@@ -63,6 +63,32 @@ def loads(raw: str | bytes) -> Any:
         raise ProtocolError(f"not JSON: {exc}", raw) from None
 
 
+def why_unparsable(raw: bytes, exc: orjson.JSONDecodeError) -> tuple[str, str]:
+    """Why ``raw`` did not parse, as (label, detail): ``not_utf8`` or ``not_json``.
+
+    orjson reports any invalid UTF-8 as "surrogates not allowed" at position 0, so the bytes are
+    decoded here (only on this failure path) to say what and where.
+    """
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        byte = raw[bad.start]
+        return "not_utf8", f"not UTF-8: {bad.reason} at position {bad.start} (byte 0x{byte:02x})"
+    return "not_json", f"not JSON: {exc.msg} at position {exc.pos}"
+
+
+def subscription_problem(params: Any) -> str:
+    """What a ``subscription`` notification lacks, given its ``params``."""
+    prefix = "not a JSON-RPC notification"
+    if type(params) is not dict:
+        return f"{prefix}: params is {type(params).__name__}, not an object"
+    if "channel" not in params:
+        return f"{prefix}: no params.channel"
+    if type(params["channel"]) is not str:
+        return f"{prefix}: params.channel is {type(params['channel']).__name__}, not a string"
+    return f"{prefix}: no params.data"
+
+
 def encode_request(
     request_id: RequestId, method: str, params: dict[str, Any] | None = None
 ) -> bytes:

@@ -101,7 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         where,
         "--database-url",
         metavar="URL",
-        help="PostgreSQL URL (default: the embedded PostgreSQL under --data-dir)",
+        default_text="the embedded PostgreSQL under --data-dir",
+        help="PostgreSQL URL",
     )
     add_option(
         where,
@@ -117,7 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         when,
         "--since",
         metavar="DURATION",
-        help=f"the window is the last DURATION, e.g. 15m, 1h, 2d (default: {DEFAULT_SINCE})",
+        default_text=DEFAULT_SINCE,
+        help="the window is the last DURATION, e.g. 15m, 1h, 2d",
     )
     add_option(
         when,
@@ -125,7 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ISO",
         help="window start, ISO 8601 (UTC when it has no zone), e.g. 2024-06-01T12:00Z",
     )
-    add_option(when, "--to", metavar="ISO", help="window end, ISO 8601 (default: now)")
+    add_option(when, "--to", metavar="ISO", default_text="now", help="window end, ISO 8601")
     what = parser.add_argument_group("what")
     add_option(what, "--feed", metavar="FEED", help="only this feed's heartbeats and gaps")
     env_instruments = os.environ.get("OPTIONFEED_INSTRUMENT", "")

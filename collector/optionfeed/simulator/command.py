@@ -130,8 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--currencies",
         type=_currencies,
         default=("BTC", "ETH"),
-        help="option currencies to list: BTC, ETH (inverse) and USDC (linear SOL_USDC, "
-        "XRP_USDC) (default: BTC,ETH)",
+        help="option currencies to list: BTC, ETH (inverse) and USDC (linear SOL_USDC, XRP_USDC)",
         metavar="LIST",
     )
     add_option(
@@ -197,6 +196,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         auth,
         "--client-secret",
         default="optionfeed-sim-secret",
+        secret=True,
         help="client_secret public/auth accepts",
     )
     add_option(
@@ -269,7 +269,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_option(
         faults, "--error-rate", type=_fraction, default=1.0, help="share of requests that get it"
     )
-    add_option(faults, "--error-count", type=int, help="stop after this many (default: never)")
+    add_option(faults, "--error-count", type=int, default_text="never", help="stop after this many")
     add_option(
         faults,
         "--maintenance",

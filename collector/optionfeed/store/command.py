@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_option(
         parser,
         "--database-url",
-        help="PostgreSQL URL (default: the embedded PostgreSQL under ./.optionfeed/)",
+        default_text="the embedded PostgreSQL under ./.optionfeed/",
+        help="PostgreSQL URL",
         metavar="URL",
     )
     add_timescale_arguments(parser)
