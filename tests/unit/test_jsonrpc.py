@@ -97,3 +97,17 @@ def test_transient_codes_follow_the_protocol_brief() -> None:
     assert RpcError(10028, "too_many_requests").ends_session
     assert RpcError(11051, "system_maintenance").transient
     assert not RpcError(13778, "raw_subscriptions_not_available_for_unauthorized").transient
+
+
+def test_a_request_without_an_id_is_refused_as_a_bad_request() -> None:
+    # Deribit takes no client notifications: a request must carry an id.
+    with pytest.raises(RpcError) as info:
+        jsonrpc.decode_request(b'{"jsonrpc":"2.0","method":"public/test","params":{}}')
+    assert (info.value.code, info.value.message) == (11050, "bad_request")
+
+
+def test_a_request_without_the_jsonrpc_member_is_still_taken() -> None:
+    # Deribit's reference asks for "jsonrpc": "2.0" but nothing shows it refusing a request
+    # without it, so the simulator does not either.
+    request = jsonrpc.decode_request(b'{"id":3,"method":"public/test"}')
+    assert (request.id, request.method, request.params) == (3, "public/test", {})
