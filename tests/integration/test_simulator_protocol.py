@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -75,8 +76,14 @@ async def test_invalid_params_answer_32602_with_the_reason_and_the_param(
         "message": "Invalid params",
         "data": {"reason": "value must be a list", "param": "channels"},
     }
-    response = await client.request("public/get_instruments", {})
-    assert response["error"]["data"]["param"] == "currency"
+    response = await client.request("public/get_book_summary_by_currency", {})
+    assert response["error"] == {
+        "code": -32602,
+        "message": "Invalid params",
+        "data": {"reason": "value required", "param": "currency"},
+    }
+    response = await client.request("public/get_book_summary_by_currency", {"currency": "any"})
+    assert response["error"]["data"] == {"reason": "invalid currency", "param": "currency"}
     response = await client.request("public/ticker", {"instrument_name": "not an instrument"})
     assert response["error"]["data"] == {"reason": "wrong format", "param": "instrument_name"}
     response = await client.request("public/ticker", {"instrument_name": "BTC-1JAN20-9000-C"})
@@ -236,6 +243,39 @@ async def test_rest_mirror_answers_get_and_post_and_refuses_websocket_only_metho
         assert refused["error"] == {"code": 10030, "message": "must_be_websocket_request"}
     async with http.get(f"{sim.rest_url}/public/nope") as r:
         assert (await r.json())["error"]["code"] == -32601
+
+
+def instrument_names(instruments: list[dict[str, Any]]) -> list[str]:
+    return sorted(i["instrument_name"] for i in instruments)
+
+
+async def test_get_instruments_without_a_currency_lists_every_currency_like_any(
+    sim: SimulatorProcess, client: WsClient, http: aiohttp.ClientSession
+) -> None:
+    per_currency = [
+        name
+        for currency in ("BTC", "ETH")
+        for name in instrument_names(
+            sim.rest("public/get_instruments", currency=currency)["result"]
+        )
+    ]
+    # What a client loading every market sends (ccxt does by default): no parameters at all.
+    async with http.get(f"{sim.rest_url}/public/get_instruments") as r:
+        assert r.status == 200
+        everything = instrument_names((await r.json())["result"])
+    assert everything == sorted(per_currency)
+    assert instrument_names(await client.result("public/get_instruments")) == everything
+    assert instrument_names(await client.result("public/get_instruments", {})) == everything
+    any_currency = await client.result("public/get_instruments", {"currency": "any"})
+    assert instrument_names(any_currency) == everything
+    options = await client.result("public/get_instruments", {"currency": "any", "kind": "option"})
+    assert instrument_names(options) == everything
+    assert {i["base_currency"] for i in options} == {"BTC", "ETH"}
+    assert await client.result("public/get_instruments", {"kind": "future"}) == []
+    expired = sim.rest("public/get_instruments", expired=True)
+    assert isinstance(expired["result"], list)
+    refused = await client.request("public/get_instruments", {"currency": "DOGE"})
+    assert refused["error"]["data"] == {"reason": "invalid currency", "param": "currency"}
 
 
 async def test_order_book_and_ticker_snapshots(sim: SimulatorProcess, client: WsClient) -> None:

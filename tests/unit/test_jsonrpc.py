@@ -129,3 +129,17 @@ def test_a_subscription_without_channel_or_data_says_which() -> None:
         "params.channel is int, not a string"
     )
     assert jsonrpc.subscription_problem({"channel": "x"}).endswith("no params.data")
+
+
+def test_a_request_without_an_id_is_refused_as_a_bad_request() -> None:
+    # Deribit takes no client notifications: a request must carry an id.
+    with pytest.raises(RpcError) as info:
+        jsonrpc.decode_request(b'{"jsonrpc":"2.0","method":"public/test","params":{}}')
+    assert (info.value.code, info.value.message) == (11050, "bad_request")
+
+
+def test_a_request_without_the_jsonrpc_member_is_still_taken() -> None:
+    # Deribit's reference asks for "jsonrpc": "2.0" but nothing shows it refusing a request
+    # without it, so the simulator does not either.
+    request = jsonrpc.decode_request(b'{"id":3,"method":"public/test"}')
+    assert (request.id, request.method, request.params) == (3, "public/test", {})

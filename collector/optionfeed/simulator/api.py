@@ -28,7 +28,7 @@ from optionfeed.deribit.instruments import is_option_name
 from optionfeed.deribit.jsonrpc import MAX_CHANNELS_PER_SUBSCRIBE
 from optionfeed.simulator.clock import Clock
 from optionfeed.simulator.faults import Faults
-from optionfeed.simulator.params import Params, invalid
+from optionfeed.simulator.params import VALUE_REQUIRED, Params, invalid
 from optionfeed.simulator.publisher import Publisher
 from optionfeed.simulator.session import Session
 from optionfeed.simulator.source import CURRENCY_INFO, ORDER_BOOK_DEPTHS, Source
@@ -267,7 +267,7 @@ def _set_heartbeat(api: Api, p: Params, session: Session | None, out: Outcome) -
     s = _ws(session)
     interval = p.number("interval")
     if interval is None:
-        raise invalid("interval", "must be present")
+        raise invalid("interval", VALUE_REQUIRED)
     least = api.settings.min_heartbeat_interval
     if interval < least:
         raise invalid("interval", f"must be not less than {least:g}")
@@ -396,7 +396,10 @@ def _currencies(api: Api, *extra: str) -> tuple[str, ...]:
 
 @method("public/get_instruments")
 def _get_instruments(api: Api, p: Params, session: Session | None, out: Outcome) -> Any:
-    currency = p.required_string("currency", _currencies(api, "any"))
+    # Deribit's reference marks currency as required, but the exchange answers a request
+    # without one as currency=any: every instrument. Clients rely on it (ccxt loads its
+    # markets with a bare get_instruments by default), so leaving it out is no error here.
+    currency = p.currency(_currencies(api, "any"), default="any")
     kind = p.string("kind", choices=KINDS)
     expired = p.boolean("expired", False)
     api.source.advance()
@@ -410,7 +413,8 @@ def _get_instrument(api: Api, p: Params, session: Session | None, out: Outcome) 
 
 @method("public/get_book_summary_by_currency")
 def _get_book_summary(api: Api, p: Params, session: Session | None, out: Outcome) -> Any:
-    currency = p.required_string("currency", _currencies(api))
+    # Unlike get_instruments, Deribit requires the currency here and has no "any" for it.
+    currency = p.currency(_currencies(api))
     kind = p.string("kind", choices=KINDS)
     api.source.advance()
     return api.source.book_summaries(currency, kind)
@@ -463,7 +467,7 @@ def _last_trades_by_time(api: Api, p: Params, session: Session | None, out: Outc
     start_ts = p.integer("start_timestamp", low=0)
     end_ts = p.integer("end_timestamp", low=0)
     if start_ts is None and end_ts is None:
-        raise invalid("end_timestamp", "must be present")
+        raise invalid("end_timestamp", VALUE_REQUIRED)
     count, ascending = _count_and_order(p)
     api.source.advance()
     found = api.source.trades_by_time(name, start_ts, end_ts, count, ascending)

@@ -3,6 +3,10 @@
 Over WebSocket and REST POST the values arrive as JSON; over REST GET they arrive as query
 strings, so a :class:`Params` built with ``query=True`` accepts ``"10"`` for an integer and
 ``"true"`` for a boolean, as Deribit's REST mirror does.
+
+The ``reason`` of a refusal follows Deribit's wording where real answers show it: a required
+parameter left out is ``"value required"``, a currency Deribit does not know
+``"invalid currency"``. Elsewhere the reason says what the value should have been.
 """
 
 from __future__ import annotations
@@ -11,6 +15,11 @@ from collections.abc import Collection
 from typing import Any
 
 from optionfeed.deribit.errors import ErrorCode, RpcError, error_message
+
+# Deribit's reasons, as its answers spell them, e.g.
+# {"code":-32602,"data":{"reason":"value required","param":"currency"},"message":"Invalid params"}
+VALUE_REQUIRED = "value required"
+INVALID_CURRENCY = "invalid currency"
 
 
 def invalid(param: str, reason: str) -> RpcError:
@@ -33,7 +42,7 @@ class Params:
         value = self.raw.get(name)
         if value is None:
             if required:
-                raise invalid(name, "must be present")
+                raise invalid(name, VALUE_REQUIRED)
             return None
         if not isinstance(value, str):
             raise invalid(name, "must be a string")
@@ -44,6 +53,20 @@ class Params:
     def required_string(self, name: str, choices: Collection[str] | None = None) -> str:
         value = self.string(name, required=True, choices=choices)
         assert value is not None
+        return value
+
+    def currency(self, accepted: Collection[str], *, default: str | None = None) -> str:
+        """The ``currency`` parameter, one of ``accepted``.
+
+        Left out (or null), it is ``default``; a method without a default requires it.
+        """
+        value = self.raw.get("currency")
+        if value is None:
+            if default is None:
+                raise invalid("currency", VALUE_REQUIRED)
+            return default
+        if not isinstance(value, str) or value not in accepted:
+            raise invalid("currency", INVALID_CURRENCY)
         return value
 
     def integer(
@@ -96,7 +119,7 @@ class Params:
     def string_list(self, name: str) -> list[str]:
         value = self.raw.get(name)
         if value is None:
-            raise invalid(name, "must be present")
+            raise invalid(name, VALUE_REQUIRED)
         if not isinstance(value, list):
             raise invalid(name, "value must be a list")
         if not all(isinstance(v, str) for v in value):
