@@ -59,7 +59,7 @@ def add_option(
         if raw is not None and raw != "":
             try:
                 default = type(raw)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
                 raise SystemExit(f"optionfeed: error: environment variable {name}: {exc}") from None
             source = name
             break

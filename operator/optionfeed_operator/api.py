@@ -131,6 +131,7 @@ class SecretKeySelector(TypedDict):
 
 class DatabaseJSON(TypedDict):
     secretRef: SecretKeySelector
+    retention: NotRequired[str]
 
 
 class ExchangeJSON(TypedDict, total=False):
@@ -245,6 +246,7 @@ class FeedSpec:
     generation: int
     currency: str
     database: SecretKeyRef
+    retention: str | None = None  # TimescaleDB retention: e.g. "90d", or "forever"
     underlyings: tuple[str, ...] = ()
     top_n: int | None = None
     rank_by: RankBy = RankBy.VOLUME_USD
@@ -311,6 +313,21 @@ def _mapping(value: Any, path: str) -> dict[str, Any]:
 def _list_of_mappings(value: Any, path: str) -> tuple[dict[str, Any], ...]:
     items = _require(value, list, path)
     return tuple(_mapping(item, f"{path}[{i}]") for i, item in enumerate(items))
+
+
+# What spec.database.retention takes (the CRD's pattern); the collector's --retention reads it.
+_RETENTION_RE = re.compile(r"^([1-9][0-9]*(h|d|w)|forever)$")
+
+
+def _retention(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(_require(value, str, "spec.database.retention"))
+    if not _RETENTION_RE.match(text):
+        raise InvalidFeed(
+            "spec.database.retention", f"use e.g. 90d, 12h, 2w or forever, got {text!r}"
+        )
+    return text
 
 
 def _positive(value: Any, path: str) -> int:
@@ -403,6 +420,7 @@ def parse_feed(body: Mapping[str, Any]) -> FeedSpec:
             name=str(_require(secret_ref.get("name"), str, "spec.database.secretRef.name")),
             key=str(_require(secret_ref.get("key"), str, "spec.database.secretRef.key")),
         ),
+        retention=_retention(database.get("retention")),
         underlyings=tuple(
             str(u).upper() for u in _require(spec.get("underlyings", []), list, "spec.underlyings")
         ),

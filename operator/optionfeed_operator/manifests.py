@@ -62,6 +62,7 @@ DATABASE_URL_ENV = "DATABASE_URL"
 CLIENT_ID_ENV = "OPTIONFEED_CLIENT_ID"
 CLIENT_SECRET_ENV = "OPTIONFEED_CLIENT_SECRET"
 SPOOL_DIR_ENV = "OPTIONFEED_SPOOL_DIR"
+RETENTION_ENV = "OPTIONFEED_RETENTION"
 RESERVED_ENV = frozenset({DATABASE_URL_ENV, CLIENT_ID_ENV, CLIENT_SECRET_ENV, SPOOL_DIR_ENV})
 # Keys of the credentials Secret (DESIGN.md: a Deribit client_id/client_secret).
 CLIENT_ID_KEY = "client_id"
@@ -223,6 +224,8 @@ def _env(feed: FeedSpec) -> list[dict[str, Any]]:
         },
         {"name": SPOOL_DIR_ENV, "value": SPOOL_DIR},
     ]
+    if feed.retention is not None:
+        env.append({"name": RETENTION_ENV, "value": feed.retention})
     if feed.credentials_secret is not None:
         for name, key in ((CLIENT_ID_ENV, CLIENT_ID_KEY), (CLIENT_SECRET_ENV, CLIENT_SECRET_KEY)):
             env.append(

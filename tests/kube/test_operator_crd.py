@@ -93,6 +93,13 @@ def test_defaults_appear_on_a_minimal_feed(kube: Kube) -> None:
             {"currency": "ETH", "database": {"secretRef": {"name": "db"}}},
             "spec.database.secretRef.key: Required value",
         ),
+        (
+            {
+                "currency": "ETH",
+                "database": {"secretRef": {"name": "db", "key": "url"}, "retention": "90 days"},
+            },
+            "spec.database.retention in body should match",
+        ),
     ],
 )
 def test_invalid_feeds_are_rejected_with_the_crds_message(

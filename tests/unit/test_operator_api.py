@@ -85,6 +85,14 @@ def test_the_parsed_spec_does_not_share_state_with_the_body() -> None:
         ({"refreshInterval": "soon"}, "spec.refreshInterval"),
         ({"rankBy": "volume"}, "spec.rankBy"),
         ({"database": {"secretRef": {"name": "db"}}}, "spec.database.secretRef.key"),
+        (
+            {"database": {"secretRef": {"name": "db", "key": "url"}, "retention": "90 days"}},
+            "spec.database.retention",
+        ),
+        (
+            {"database": {"secretRef": {"name": "db", "key": "url"}, "retention": 90}},
+            "spec.database.retention",
+        ),
     ],
 )
 def test_an_unusable_spec_names_the_field(spec: dict[str, Any], path: str) -> None:

@@ -58,7 +58,7 @@ def full_body(**spec: Any) -> dict[str, Any]:
             "channels": ["ticker", "trades", "book"],
             "interval": "raw",
             "credentialsSecretRef": {"name": "deribit-keys"},
-            "database": {"secretRef": {"name": "optionfeed-db", "key": "url"}},
+            "database": {"secretRef": {"name": "optionfeed-db", "key": "url"}, "retention": "90d"},
             "exchange": {"url": "wss://test.deribit.com/ws/api/v2"},
             "collector": {
                 "image": "registry.example/optionfeed:1.2.3",

@@ -61,8 +61,8 @@ def add_timescale_arguments(
         "--retention",
         type=_retention,
         metavar="DURATION",
-        help="TimescaleDB: drop chunks older than this, e.g. 90d; 'forever' removes the policy "
-        "(default: leave the policy as it is)",
+        default_text="leave the policy as it is",
+        help="TimescaleDB: drop chunks older than this, e.g. 90d; 'forever' removes the policy",
     )
 
 
