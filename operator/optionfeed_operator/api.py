@@ -31,7 +31,7 @@ KIND = "OptionFeed"
 PLURAL = "optionfeeds"
 
 # Who writes the children: the field manager of every server-side apply, and the value of the
-# managed-by label (DESIGN.md).
+# managed-by label (docs/design.md).
 FIELD_MANAGER = "optionfeed-operator"
 COMPONENT = "optionfeed-collector"
 
@@ -45,7 +45,7 @@ MAX_FEED_NAME_LENGTH = 52
 
 
 class Labels(StrEnum):
-    """Label keys on everything the operator makes (DESIGN.md)."""
+    """Label keys on everything the operator makes (docs/design.md)."""
 
     NAME = "app.kubernetes.io/name"
     INSTANCE = "app.kubernetes.io/instance"

@@ -66,7 +66,7 @@ def moved(
 
 
 class ShardDocument(TypedDict):
-    """The content of ``shard-<i>.json`` (DESIGN.md: "Assignment: operator → collector")."""
+    """The content of ``shard-<i>.json`` (docs/design.md: "Assignment: operator → collector")."""
 
     feed: str
     namespace: str

@@ -64,7 +64,7 @@ CLIENT_SECRET_ENV = "OPTIONFEED_CLIENT_SECRET"
 SPOOL_DIR_ENV = "OPTIONFEED_SPOOL_DIR"
 RETENTION_ENV = "OPTIONFEED_RETENTION"
 RESERVED_ENV = frozenset({DATABASE_URL_ENV, CLIENT_ID_ENV, CLIENT_SECRET_ENV, SPOOL_DIR_ENV})
-# Keys of the credentials Secret (DESIGN.md: a Deribit client_id/client_secret).
+# Keys of the credentials Secret (docs/design.md: a Deribit client_id/client_secret).
 CLIENT_ID_KEY = "client_id"
 CLIENT_SECRET_KEY = "client_secret"
 
@@ -156,7 +156,7 @@ def input_hash(manifest: Mapping[str, Any]) -> str:
 def render_configmap(
     feed: FeedSpec, assignment: Assignment, *, ranking_key: str, ranked_at: str
 ) -> dict[str, Any]:
-    """ConfigMap ``<feed>-assignment``: one ``shard-<i>.json`` key per shard (DESIGN.md)."""
+    """ConfigMap ``<feed>-assignment``: one ``shard-<i>.json`` key per shard (docs/design.md)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

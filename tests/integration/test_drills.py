@@ -1,7 +1,7 @@
 """Failure drills: the collector against a hostile world, each with the figure it proves.
 
-``make test`` runs them short; ``make drills`` (``OPTIONFEED_DRILLS=full``) at the full length of
-issue 4's table. Socket-level faults come from a TCP proxy of our own (``harness.faultproxy``)
+``make test`` runs them short; ``make drills`` (``OPTIONFEED_DRILLS=full``) at the full length
+that README.md's Reliability section gives. Socket-level faults come from a TCP proxy of our own (``harness.faultproxy``)
 that resets or blackholes connections the way a cable or a middlebox does; the exchange's own
 faults (10028, malformed frames, a stalled data stream) come from the simulator.
 
@@ -210,7 +210,7 @@ async def _stale_reconnects(collector: Collector, n: int) -> bool:
 async def test_drill_postgresql_stopped_under_load_loses_no_row(
     postgres: TempPostgres, database_url: str, tmp_path: Path, figure: Any
 ) -> None:
-    # Short: 60 s down. Full: the 15-minute outage at about 10,000 msg/s of issue 4's target.
+    # Short: 60 s down. Full: a 15-minute outage at about 10,000 msg/s.
     outage = length(60, 900)
     rate, top = ("30000", 400) if drills_full() else ("8000", 100)
     with SimulatorProcess("--rate", rate, "--currencies", "ETH") as sim:

@@ -1,4 +1,4 @@
-"""The simulator speaks Deribit's protocol (PROTOCOL.md §2, §5, §8, §9), over real sockets."""
+"""The simulator speaks Deribit's protocol (docs/deribit-protocol.md §2, §5, §8, §9), over real sockets."""
 
 from __future__ import annotations
 

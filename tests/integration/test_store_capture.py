@@ -19,7 +19,7 @@ from optionfeed.telemetry.metrics import Metrics
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "deribit"
 
-# PROTOCOL.md §6.1: an expired option (tardis-node test data, real 2020).
+# docs/deribit-protocol.md §6.1: an expired option (tardis-node test data, real 2020).
 EXPIRED_TICKER = orjson.loads(
     b'{"underlying_price":9724.48,"underlying_index":"SYN.BTC-8JUN20","timestamp":1591603200048,'
     b'"stats":{"volume":2.5,"price_change":0.0,"low":0.0005,"high":0.0005},"state":"closed",'

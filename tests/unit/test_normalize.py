@@ -16,7 +16,7 @@ from optionfeed.store.tables import Row, Table
 
 RECV = 1_626_993_723.804855
 
-# PROTOCOL.md §6.1: an expired option (tardis-node test data, real 2020).
+# docs/deribit-protocol.md §6.1: an expired option (tardis-node test data, real 2020).
 EXPIRED_TICKER: dict[str, Any] = {
     "underlying_price": 9724.48,
     "underlying_index": "SYN.BTC-8JUN20",

@@ -1,4 +1,4 @@
-"""The assignment file: what the operator tells one shard to record (DESIGN.md, "Assignment").
+"""The assignment file: what the operator tells one shard to record (docs/design.md, "Assignment").
 
 ::
 

@@ -1,4 +1,4 @@
-"""Subscription channel names (PROTOCOL.md §6): build them, and parse them back.
+"""Subscription channel names (docs/deribit-protocol.md §6): build them, and parse them back.
 
 The simulator parses what clients ask for; the collector builds what it asks for and parses the
 ``channel`` of each notification to route it. Instrument names never contain a dot (linear strikes
@@ -31,7 +31,7 @@ class Kind(StrEnum):
     PRICE_INDEX = "deribit_price_index"
 
 
-# The data channels a feed may record (DESIGN.md: spec.channels).
+# The data channels a feed may record (docs/design.md: spec.channels).
 FEED_CHANNELS: tuple[str, ...] = ("ticker", "quote", "trades", "book")
 INSTRUMENT_KINDS = frozenset({"future", "option", "spot", "future_combo", "option_combo"})
 TRADE_CURRENCIES = frozenset({"BTC", "ETH", "USDC", "USDT", "EURR", "any"})

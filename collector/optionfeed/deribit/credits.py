@@ -1,4 +1,4 @@
-"""Deribit's credit buckets (PROTOCOL.md §8), shared by the simulator and the client.
+"""Deribit's credit buckets (docs/deribit-protocol.md §8), shared by the simulator and the client.
 
 A bucket holds up to ``capacity`` credits and refills continuously at ``refill_per_second``. Each
 request costs ``cost``. The simulator answers 10028 and closes the session when a request finds the

@@ -1,4 +1,4 @@
-"""Deribit option instrument names: parsing and formatting (PROTOCOL.md §3.2).
+"""Deribit option instrument names: parsing and formatting (docs/deribit-protocol.md §3.2).
 
 ``BTC-27DEC24-100000-C`` is base ``BTC``, expiry 27 Dec 2024 08:00 UTC, strike 100000, call.
 Linear (USDC-settled) options carry the quote in the name and write the decimal point as ``d``:

@@ -1,4 +1,4 @@
-"""JSON-RPC 2.0 framing as Deribit speaks it (PROTOCOL.md §2), free of I/O.
+"""JSON-RPC 2.0 framing as Deribit speaks it (docs/deribit-protocol.md §2), free of I/O.
 
 Both ends use this module: the collector encodes requests and decodes what arrives, the simulator
 decodes requests and encodes responses and notifications. Responses carry Deribit's extras

@@ -1,6 +1,6 @@
 """The JSON-RPC methods, shared by the WebSocket endpoint and the REST mirror.
 
-:meth:`Api.call` runs one request the way Deribit does (PROTOCOL.md §2, §5, §8, §9):
+:meth:`Api.call` runs one request the way Deribit does (docs/deribit-protocol.md §2, §5, §8, §9):
 
 1. an unknown method answers ``-32601``; a WebSocket-only method over REST ``10030``;
 2. an injected error rule (``/sim/faults``) answers its code;

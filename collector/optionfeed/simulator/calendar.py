@@ -1,4 +1,4 @@
-"""Which expiries are listed at a given moment (PROTOCOL.md §3.2, §10 item 14).
+"""Which expiries are listed at a given moment (docs/deribit-protocol.md §3.2, §10 item 14).
 
 Every expiry is at 08:00 UTC. A currency lists the next few daily expiries, the next few Fridays
 (weekly), the last Friday of the next few months (monthly) and of the next few quarter months

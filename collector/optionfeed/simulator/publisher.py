@@ -4,7 +4,7 @@ The publisher is the market's :class:`~.market.Listener`. A subscribed channel i
 holding its subscribers; each notification is serialised and framed once and the same bytes are
 queued on every subscriber's :class:`~.session.Session`.
 
-Intervals (PROTOCOL.md §6):
+Intervals (docs/deribit-protocol.md §6):
 
 * ``raw``: one notification per market event that touches the channel. An event always moves the
   ticker; it moves the book when levels changed (most events), ``quote`` when the best bid or
