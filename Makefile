@@ -16,7 +16,7 @@ RUN := $(UV) run --frozen --no-sync
 
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run test demo bench drills lint format postgres k8s clean
+.PHONY: setup run test demo bench drills lint format postgres prometheus k8s dashboard clean
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -32,6 +32,10 @@ setup: $(SYNCED)
 postgres:
 	@tests/harness/ensure-postgres.sh
 
+# prometheus and promtool for the alert-rule and scrape tests (Debian's package); a no-op when present.
+prometheus:
+	@tests/harness/ensure-prometheus.sh
+
 # kube-apiserver, etcd, kwok, helm... built from Go modules and cached outside the tree.
 k8s:
 	@tests/harness/build-control-plane.sh
@@ -42,7 +46,7 @@ run: setup
 demo: setup
 	$(RUN) optionfeed demo $(if $(DURATION),--duration $(DURATION))
 
-test: setup postgres k8s
+test: setup postgres prometheus k8s
 	$(RUN) pytest $(PYTEST_ARGS)
 
 drills: setup postgres
