@@ -61,6 +61,10 @@ lint: setup
 	$(RUN) mypy
 	$(RUN) lint-imports
 
+# Rebuild the Grafana dashboard JSON (charts/optionfeed/files/) from charts/optionfeed/dashboards/.
+dashboard: setup
+	$(RUN) python charts/optionfeed/dashboards/build.py
+
 format: setup
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .

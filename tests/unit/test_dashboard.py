@@ -28,9 +28,7 @@ def builder() -> ModuleType:
 
 
 def test_the_json_is_what_the_builder_builds() -> None:
-    assert DASHBOARD.read_text() == builder().render(), (
-        "run `uv run python charts/optionfeed/dashboards/build.py` and commit the JSON"
-    )
+    assert DASHBOARD.read_text() == builder().render(), "run `make dashboard` and commit the JSON"
 
 
 def test_every_panel_has_a_title_a_unit_and_prometheus_queries() -> None:
