@@ -6,10 +6,13 @@ tests/harness/prometheus.py) scrapes it every second with the labels the chart's
 (job, feed, shard) and loads the shipped rules file with every ``for`` shortened to 2 s. Then the
 simulator is stopped, and the no-data alert must fire; it is started again on the same port, and
 the collector must reconnect, which gives the gap, reconnect and backfill panels their data.
+Last, the collector stops, and the shard no-data alert must fire.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +105,9 @@ async def test_prometheus_sees_every_metric_alert_and_panel_of_a_running_collect
                 await _check_healthy_run(prom, figure)
                 await _fire_no_data_and_recover(prom, simulators, figure)
                 await _check_dashboard(prom, figure)
+                # The collector goes away: its shard has no data (it cannot be scraped).
+                collector.stop()
+                await _wait_firing(prom, "OptionfeedShardNoData", figure)
     finally:
         for sim in simulators:
             sim.stop()
@@ -181,6 +187,16 @@ async def _fire_no_data_and_recover(
     probe = COLLECTOR_PROBES["OptionfeedReconnectStorm"]
     figure(f"alert OptionfeedReconnectStorm without threshold: {_series(prom, probe)} series")
     assert _series(prom, probe) > 0
+
+
+async def _wait_firing(prom: PrometheusServer, name: str, figure: Any) -> None:
+    """Poll Prometheus until ``name`` fires (``wait_for`` would stop at the collector's exit)."""
+    deadline = time.monotonic() + 30
+    while not (alerts := _firing(prom, name)):
+        assert time.monotonic() < deadline, f"{name} did not fire within 30 s"
+        await asyncio.sleep(0.5)
+    for alert in alerts:
+        figure(f"fired {name} {alert['labels']} value {alert['value']}")
 
 
 async def _check_dashboard(prom: PrometheusServer, figure: Any) -> None:

@@ -1,6 +1,7 @@
 """The operator's metrics, scraped by a real Prometheus while the operator runs against the real
 control plane: every operator metric the README documents, and the operator's alert rules, one
-of which fires for real (a feed whose exchange cannot be reached turns Degraded).
+of which fires for real (a feed whose exchange cannot be reached turns Degraded), then the other
+(the operator stops).
 """
 
 from __future__ import annotations
@@ -95,5 +96,19 @@ def test_prometheus_scrapes_the_operator_and_a_degraded_feed_fires_its_alert(
                 assert probe_series > 0, f"{name}: {probe} returned nothing"
             firing = {a["labels"]["alertname"] for a in prom.alerts() if a["state"] == "firing"}
             assert "OptionfeedOperatorNotReconciling" not in firing
+
+            # The operator goes away while feeds exist: it is not reconciling.
+            assert operator.stop() == 0
+
+            def not_reconciling() -> list[dict[str, Any]]:
+                return [
+                    a
+                    for a in prom.alerts()
+                    if a["labels"]["alertname"] == "OptionfeedOperatorNotReconciling"
+                    and a["state"] == "firing"
+                ]
+
+            (alert,) = wait_for(not_reconciling, "OptionfeedOperatorNotReconciling to fire")
+            figure(f"fired OptionfeedOperatorNotReconciling {alert['labels']}")
     finally:
         operator.stop()
