@@ -6,6 +6,7 @@ tests/harness/prometheus.py) scrapes it every second with the labels the chart's
 (job, feed, shard) and loads the shipped rules file with every ``for`` shortened to 2 s. Then the
 simulator is stopped, and the no-data alert must fire; it is started again on the same port, and
 the collector must reconnect, which gives the gap, reconnect and backfill panels their data.
+Then the simulator drops the connection every second, and the reconnect-storm alert must fire.
 Last, the collector stops, and the shard no-data alert must fire.
 """
 
@@ -187,6 +188,17 @@ async def _fire_no_data_and_recover(
     probe = COLLECTOR_PROBES["OptionfeedReconnectStorm"]
     figure(f"alert OptionfeedReconnectStorm without threshold: {_series(prom, probe)} series")
     assert _series(prom, probe) > 0
+
+    # The exchange drops the connection every second: a reconnect storm.
+    simulators[-1].set_faults(drop_every=1.0)
+
+    async def storm() -> bool:
+        return bool(_firing(prom, "OptionfeedReconnectStorm"))
+
+    await wait_for(storm, within=40, what="OptionfeedReconnectStorm to fire")
+    simulators[-1].set_faults(drop_every=None)
+    for alert in _firing(prom, "OptionfeedReconnectStorm"):
+        figure(f"fired OptionfeedReconnectStorm {alert['labels']} value {alert['value']}")
 
 
 async def _wait_firing(prom: PrometheusServer, name: str, figure: Any) -> None:
