@@ -16,7 +16,7 @@ RUN := $(UV) run --frozen --no-sync
 
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run test demo bench drills lint format postgres timescaledb k8s clean
+.PHONY: setup run test demo bench drills lint format postgres timescaledb prometheus k8s dashboard clean
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -37,6 +37,10 @@ postgres:
 timescaledb: postgres
 	@tests/harness/build-timescaledb.sh >/dev/null
 
+# prometheus and promtool for the alert-rule and scrape tests (Debian's package); a no-op when present.
+prometheus:
+	@tests/harness/ensure-prometheus.sh
+
 # kube-apiserver, etcd, kwok, helm... built from Go modules and cached outside the tree.
 k8s:
 	@tests/harness/build-control-plane.sh
@@ -47,7 +51,7 @@ run: setup
 demo: setup
 	$(RUN) optionfeed demo $(if $(DURATION),--duration $(DURATION))
 
-test: setup postgres timescaledb k8s
+test: setup postgres timescaledb prometheus k8s
 	$(RUN) pytest $(PYTEST_ARGS)
 
 drills: setup postgres
@@ -61,6 +65,10 @@ lint: setup
 	$(RUN) ruff check .
 	$(RUN) mypy
 	$(RUN) lint-imports
+
+# Rebuild the Grafana dashboard JSON (charts/optionfeed/files/) from charts/optionfeed/dashboards/.
+dashboard: setup
+	$(RUN) python charts/optionfeed/dashboards/build.py
 
 format: setup
 	$(RUN) ruff format .

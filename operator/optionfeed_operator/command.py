@@ -69,6 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_option(
         parser,
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve the operator's Prometheus metrics at http://0.0.0.0:PORT/metrics (0: off)",
+        metavar="PORT",
+    )
+    add_option(
+        parser,
         "--collector-image",
         default=DEFAULT_IMAGE,
         help="collector image for feeds that name none in spec.collector.image",
@@ -100,7 +108,11 @@ def run(args: argparse.Namespace) -> int:
     settings = kopf.OperatorSettings()
     configure_settings(settings)
     registry = build_registry(
-        OperatorOptions(image=args.collector_image, resync_interval=args.resync_interval)
+        OperatorOptions(
+            image=args.collector_image,
+            resync_interval=args.resync_interval,
+            metrics_port=args.metrics_port,
+        )
     )
     kopf.run(
         registry=registry,

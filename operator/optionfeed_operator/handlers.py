@@ -28,6 +28,7 @@ from lightkube import AsyncClient
 
 from optionfeed_operator import api, manifests
 from optionfeed_operator.cluster import Cluster
+from optionfeed_operator.metrics import MetricsServer, OperatorMetrics
 from optionfeed_operator.ranking import Selector
 from optionfeed_operator.reconcile import Reconciler
 
@@ -42,6 +43,7 @@ class OperatorOptions:
 
     image: str = manifests.DEFAULT_IMAGE
     resync_interval: float = 30.0
+    metrics_port: int = 0  # 0: no metrics server
 
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
@@ -96,12 +98,23 @@ def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
         session = aiohttp.ClientSession()
         memo["kube"] = client
         memo["http"] = session
+        metrics = OperatorMetrics()
         memo["reconciler"] = Reconciler(
-            Cluster(client), Selector(session), events=_post_event, image=options.image
+            Cluster(client),
+            Selector(session),
+            events=_post_event,
+            image=options.image,
+            metrics=metrics,
         )
+        if options.metrics_port:
+            server = MetricsServer(metrics, options.metrics_port)
+            memo["metrics_server"] = await server.__aenter__()
 
     @kopf.on.cleanup(id="close_clients", registry=registry)
     async def close_clients(memo: kopf.Memo, **_: Any) -> None:
+        server = memo.get("metrics_server")
+        if isinstance(server, MetricsServer):
+            await server.__aexit__(None, None, None)
         session = memo.get("http")
         if isinstance(session, aiohttp.ClientSession):
             await session.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ from lightkube import ApiError
 from optionfeed_operator import api, assignment, manifests, ranking, status
 from optionfeed_operator.api import Annotations, FeedSpec, Reason
 from optionfeed_operator.cluster import Cluster
+from optionfeed_operator.metrics import OperatorMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +91,10 @@ class Reconciler:
         events: EventSink,
         image: str = manifests.DEFAULT_IMAGE,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self._cluster = cluster
+        self.metrics = metrics if metrics is not None else OperatorMetrics()
         self._selector = selector
         self._events = events
         self._image = image
@@ -115,7 +119,13 @@ class Reconciler:
             async with lock:
                 self._waiting[key] -= 1
                 entered = True
-                await self._pass(namespace, name, cause)
+                started = time.monotonic()
+                try:
+                    await self._pass(namespace, name, cause)
+                except Exception as exc:
+                    self.metrics.reconciled(time.monotonic() - started, exc)
+                    raise
+                self.metrics.reconciled(time.monotonic() - started)
         finally:
             if not entered:
                 self._waiting[key] -= 1
@@ -127,6 +137,7 @@ class Reconciler:
             self._locks.pop((namespace, name), None)
         if uid is not None:
             self._selector.forget(uid)
+        self.metrics.forget_feed(namespace, name)
         prefix = manifests.shard_name(name, 0).removesuffix("0")
         for key in [
             k
@@ -368,9 +379,10 @@ class Reconciler:
         self._report_problem(body, previous, result.problem)
         desired = status.build_status(result, previous, now=self._clock())
         patch = status.status_patch(previous, desired)
+        meta = _meta(body)
         if patch is not None:
-            meta = _meta(body)
             await self._cluster.patch_status(meta["namespace"], meta["name"], patch)
+        self.metrics.set_conditions(meta["namespace"], meta["name"], desired["conditions"])
 
     def _report_problem(
         self, body: Object, previous: Object, problem: status.Problem | None

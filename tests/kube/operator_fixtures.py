@@ -55,8 +55,10 @@ class OperatorProcess:
         *,
         kubeconfig: Path | None = None,
         resync_interval: float = 2.0,
+        metrics_port: int = 0,
     ) -> None:
         self.control_plane = control_plane
+        self.metrics_port = metrics_port
         self.namespace = namespace
         self.kubeconfig = kubeconfig or control_plane.kubeconfig
         self.resync_interval = resync_interval
@@ -84,6 +86,8 @@ class OperatorProcess:
             str(self.resync_interval),
             "--collector-image",
             TEST_IMAGE,
+            "--metrics-port",
+            str(self.metrics_port),
         ]
         self.starts += 1
         with self.log_path.open("ab") as log:

@@ -131,7 +131,9 @@ def test_chart_version_and_app_version_are_the_project_version() -> None:
 
 
 @pytest.mark.parametrize(
-    "values", [None, GOLDEN / "watch-namespaces.values.yaml"], ids=["defaults", "watch-namespaces"]
+    "values",
+    [None, GOLDEN / "watch-namespaces.values.yaml", GOLDEN / "monitoring.values.yaml"],
+    ids=["defaults", "watch-namespaces", "monitoring"],
 )
 def test_helm_lint_is_clean(helm_env: dict[str, str], values: Path | None) -> None:
     args: list[str | Path] = ["lint", "--strict", CHART]
@@ -222,6 +224,50 @@ def test_refuses_a_kubernetes_version_below_the_minimum(helm_env: dict[str, str]
     )
     assert result.returncode != 0
     assert "chart requires kubeVersion: >=1.29.0-0" in result.stderr
+
+
+def test_monitoring_rendering_matches_the_golden_file(helm_env: dict[str, str]) -> None:
+    text = template(helm_env, "--values", GOLDEN / "monitoring.values.yaml")
+    check_golden("monitoring.yaml", text)
+    collectors, operator = by_kind(text, "PodMonitor")
+    assert collectors["spec"]["namespaceSelector"] == {"any": True}
+    assert collectors["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "optionfeed-collector",
+        "app.kubernetes.io/managed-by": "optionfeed-operator",
+    }
+    relabel = {
+        r["targetLabel"]: r for r in collectors["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    }
+    assert relabel["job"]["replacement"] == "optionfeed-collector"
+    assert relabel["feed"]["sourceLabels"] == ["__meta_kubernetes_pod_label_optionfeed_io_feed"]
+    assert relabel["shard"]["sourceLabels"] == ["__meta_kubernetes_pod_label_optionfeed_io_shard"]
+    (endpoint,) = operator["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"
+    assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": "optionfeed-operator"}]
+    # The operator's container has that port, and the operator serves it.
+    container = operator_container(text)
+    assert {"name": "metrics", "containerPort": 9464} in container["ports"]
+    assert "--metrics-port=9464" in container["args"]
+    # The PrometheusRule is the plain rules file, and the dashboard the JSON file, unchanged.
+    (rule,) = by_kind(text, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    plain = yaml.safe_load((CHART / "files" / "optionfeed-rules.yaml").read_text())
+    assert rule["spec"] == {"groups": plain["groups"]}
+    (dashboard,) = [
+        d for d in by_kind(text, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]
+    ]
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "optionfeed"}
+    shipped = json.loads((CHART / "files" / "optionfeed-dashboard.json").read_text())
+    assert json.loads(dashboard["data"]["optionfeed-dashboard.json"]) == shipped
+
+    # Confined to some namespaces, the collectors' PodMonitor looks only there.
+    confined = template(
+        helm_env, "--set", "metrics.podMonitor.enabled=true", "--set", "watchNamespaces={a,b}"
+    )
+    collectors, _ = by_kind(confined, "PodMonitor")
+    assert collectors["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
 
 
 def test_values_shape_the_rendering(helm_env: dict[str, str]) -> None:

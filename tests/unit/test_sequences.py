@@ -69,3 +69,32 @@ def test_channels_without_a_threshold_never_go_stale() -> None:
     stale = Staleness({"ticker": 30.0})
     stale.seen("X", "trades", 0.0)
     assert stale.sweep(10_000.0) == []
+
+
+def test_expected_trades_count_every_sequence_number_advanced_through_gaps_included() -> None:
+    trades = TradeSequences()
+    assert trades.expected() == 0
+    trades.observe("X", 10)  # the first trade seen counts as one expected
+    trades.observe("X", 11)
+    trades.observe("X", 15)  # 12..14 missed: still expected
+    trades.observe("X", 13)  # old: ignored
+    trades.observe("Y", 1)
+    assert trades.expected() == 6 + 1
+
+
+def test_expected_trades_after_a_restart_start_at_the_last_one_stored() -> None:
+    trades = TradeSequences()
+    trades.seed("X", 100)  # stored before the restart: not expected again
+    assert trades.expected() == 0
+    trades.observe("X", 104)
+    assert trades.expected() == 4
+
+
+def test_a_forgotten_instrument_keeps_its_expected_count() -> None:
+    trades = TradeSequences()
+    trades.observe("X", 1)
+    trades.observe("X", 3)
+    trades.forget("X")
+    assert trades.expected() == 3
+    trades.observe("X", 50)  # followed again: a new span
+    assert trades.expected() == 4

@@ -366,6 +366,11 @@ class Collector:
             gone=self._gone,
         )
         router.attach(events=gaps, lifecycle=self.lifecycle)
+        self.metrics.observe_trades(
+            expected=router.trades.expected,
+            seen=lambda: router.counts.trades + gaps.recovered_trades,
+        )
+        self.metrics.observe_silence(gaps.silent)
         feed = Feed(
             ConnectionSettings(
                 url=plan.exchange_url,

@@ -116,6 +116,7 @@ class GapRecorder(Events, Observer):
         self._rows: deque[tables.Row] = deque()
         self._wake = asyncio.Event()
         self.opened = 0
+        self.recovered_trades = 0
 
     # ----------------------------------------------------------------- writing rows
 
@@ -318,8 +319,16 @@ class GapRecorder(Events, Observer):
             low, high = seqs
             gap.seq_from = low if gap.seq_from is None else min(gap.seq_from, low)
             gap.seq_to = high if gap.seq_to is None else max(gap.seq_to, high)
+        self.recovered_trades += count
         self._metrics.backfilled_rows_total.labels("option_trades").inc(count)
         self.record(gap, opened=not gap.announced)
+
+    def silent(self) -> dict[str, int]:
+        """Instrument channels without data now, by family: disconnected, or stale."""
+        counts: dict[str, int] = {}
+        for _, family in (*self.disconnected_gaps, *self.stale_gaps):
+            counts[family] = counts.get(family, 0) + 1
+        return counts
 
     def open_gaps(self) -> list[Gap]:
         return [

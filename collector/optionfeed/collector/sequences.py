@@ -29,21 +29,36 @@ class SequenceGap:
 
 
 class TradeSequences:
-    """The last ``trade_seq`` seen per instrument."""
+    """The last ``trade_seq`` seen per instrument, and where each instrument's count started.
+
+    ``expected()`` is how many sequence numbers the instruments advanced through since they were
+    first seen (or since the last one stored, when seeded after a restart): the denominator of
+    trade completeness. It is computed when asked, from state kept anyway, not per trade.
+    """
 
     def __init__(self) -> None:
         self.last: dict[str, int] = {}
+        self._base: dict[str, int] = {}  # instrument -> trade_seq just before the counted span
+        self._retired = 0  # expected count of instruments forgotten since
 
     def seed(self, instrument: str, last_seq: int) -> None:
         """Start from what the database already holds, so a restart's gap is found too."""
+        if instrument not in self.last:
+            self._base[instrument] = last_seq
         if last_seq > self.last.get(instrument, -1):
             self.last[instrument] = last_seq
+
+    def expected(self) -> int:
+        """Sequence numbers advanced through, over every instrument ever followed."""
+        base = self._base
+        return self._retired + sum(last - base.get(name, last) for name, last in self.last.items())
 
     def observe(self, instrument: str, trade_seq: int) -> SequenceGap | None:
         """Record a trade; return the gap it reveals, if any. Old or repeated trades are ignored."""
         last = self.last.get(instrument)
         if last is None:
             self.last[instrument] = trade_seq
+            self._base[instrument] = trade_seq - 1
             return None
         if trade_seq <= last:
             return None
@@ -53,7 +68,10 @@ class TradeSequences:
         return SequenceGap(instrument, last + 1, trade_seq - 1)
 
     def forget(self, instrument: str) -> None:
-        self.last.pop(instrument, None)
+        last = self.last.pop(instrument, None)
+        base = self._base.pop(instrument, None)
+        if last is not None and base is not None:
+            self._retired += last - base
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,15 +8,74 @@ instrument name or an error text. Pod-level identity (feed, shard) is in
 Each collector owns a :class:`Metrics` with its own registry, so several collectors can run in one
 process (tests do) without clashing. Hot paths bind label values once
 (``metrics.messages_total.labels("ticker")`` kept in a variable) rather than per message.
+
+Figures the collector already keeps for itself (trade sequence spans, channels without data) are
+read when Prometheus scrapes, through callbacks (:meth:`Metrics.observe_trades`,
+:meth:`Metrics.observe_silence`), so they cost nothing per message. The registry also carries the
+standard ``process_*`` metrics (resident memory, CPU seconds, open files).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 # Exchange -> commit lag and write latency: from a few ms to the flush age and well past it.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# The channel families a collector can subscribe per instrument.
+FAMILIES = ("ticker", "quote", "trades", "book")
+GAP_REASONS = ("disconnect", "sequence", "stale", "outage")
+# The reasons of optionfeed.store.errors.BatchNotWritten and of the writer's fallback and drops.
+WRITE_ERROR_REASONS = (
+    "connection",
+    "timeout",
+    "resources",
+    "conflict",
+    "partition",
+    "database",
+    "spool_full",
+    "spool_io",
+    "fallback",
+)
+DROP_REASONS = ("shutdown", "cancelled")
+
+
+class _Observed(Collector):
+    """Metrics computed at scrape time from callbacks the collector sets once it has built its
+    pipeline; before that, zeros, so that every series exists from the first scrape."""
+
+    def __init__(self) -> None:
+        self.trades_expected: Callable[[], int] = lambda: 0
+        self.trades_seen: Callable[[], int] = lambda: 0
+        self.silent: Callable[[], Mapping[str, int]] = dict
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "optionfeed_trade_sequences_expected",
+            "trade_seq numbers the exchange advanced through on the recorded instruments "
+            "(since the last one stored, after a restart).",
+            value=self.trades_expected(),
+        )
+        yield CounterMetricFamily(
+            "optionfeed_trade_sequences_seen",
+            "Trades received live or fetched by backfill; over the expected count, completeness.",
+            value=self.trades_seen(),
+        )
+        silent = GaugeMetricFamily(
+            "optionfeed_silent_channels",
+            "Instrument channels without data now (disconnected, or stale past their "
+            "threshold), by channel family.",
+            labels=["channel"],
+        )
+        counts = self.silent()
+        for family in FAMILIES:
+            silent.add_metric([family], counts.get(family, 0))
+        yield silent
 
 
 class Metrics:
@@ -25,6 +84,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        self._observed = _Observed()
+        r.register(self._observed)
         self.info = Info("optionfeed_collector", "Identity of this collector.", registry=r)
         self.messages_total = Counter(
             "optionfeed_messages_total",
@@ -147,6 +209,26 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+
+        # Series of small known label sets exist from the start, so that rates and alerts see
+        # their first increase.
+        for family in FAMILIES:
+            for reason in GAP_REASONS:
+                self.gaps_total.labels(family, reason)
+        self.backfilled_rows_total.labels("option_trades")
+        for reason in WRITE_ERROR_REASONS:
+            self.write_errors_total.labels(reason)
+        for reason in DROP_REASONS:
+            self.dropped_rows_total.labels(reason)
+
+    def observe_trades(self, *, expected: Callable[[], int], seen: Callable[[], int]) -> None:
+        """Read ``optionfeed_trade_sequences_{expected,seen}_total`` from these at scrape time."""
+        self._observed.trades_expected = expected
+        self._observed.trades_seen = seen
+
+    def observe_silence(self, silent: Callable[[], Mapping[str, int]]) -> None:
+        """Read ``optionfeed_silent_channels`` (family -> count) from this at scrape time."""
+        self._observed.silent = silent
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
