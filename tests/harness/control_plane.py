@@ -1,4 +1,4 @@
-"""A real Kubernetes control plane on 127.0.0.1 for the tests (built by build-control-plane.sh beside this file).
+"""A real Kubernetes control plane on 127.0.0.1 for the tests (built by build-control-plane.sh).
 
 Tier 1 runs etcd and kube-apiserver: enough for CRDs, validation, RBAC and objects that no
 controller acts on. Tier 2 adds kube-controller-manager, kube-scheduler and kwok with fake Nodes,

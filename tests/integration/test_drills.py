@@ -1,9 +1,10 @@
 """Failure drills: the collector against a hostile world, each with the figure it proves.
 
 ``make test`` runs them short; ``make drills`` (``OPTIONFEED_DRILLS=full``) at the full length
-that README.md's Reliability section gives. Socket-level faults come from a TCP proxy of our own (``harness.faultproxy``)
-that resets or blackholes connections the way a cable or a middlebox does; the exchange's own
-faults (10028, malformed frames, a stalled data stream) come from the simulator.
+that README.md's Reliability section gives. Socket-level faults come from a TCP proxy of our own
+(``harness.faultproxy``) that resets or blackholes connections the way a cable or a middlebox
+does; the exchange's own faults (10028, malformed frames, a stalled data stream) come from the
+simulator.
 
 Completeness is judged against the simulator's ledger: what it sent must be stored, and every
 trade it generated while the collector was recording must be stored (backfill included).

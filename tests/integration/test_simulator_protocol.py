@@ -1,4 +1,7 @@
-"""The simulator speaks Deribit's protocol (docs/deribit-protocol.md §2, §5, §8, §9), over real sockets."""
+"""The simulator speaks Deribit's protocol over real sockets.
+
+What it follows is docs/deribit-protocol.md §2, §5, §8 and §9.
+"""
 
 from __future__ import annotations
 

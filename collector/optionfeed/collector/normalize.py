@@ -181,7 +181,8 @@ def _encode(what: str, value: Any) -> bytes:
 
 # ---------------------------------------------------------------------------------------- ticker
 
-# The 23 keys every option ticker carries (docs/deribit-protocol.md §6.1; the 2021 capture has exactly these).
+# The 23 keys every option ticker carries (docs/deribit-protocol.md §6.1; the 2021 capture has
+# exactly these).
 _TICKER_KEYS: Final = (
     "instrument_name",
     "timestamp",

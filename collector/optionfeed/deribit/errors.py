@@ -7,8 +7,8 @@
     ├── ProtocolError       a frame we cannot make sense of (not JSON, wrong shape, wrong types)
     └── ExchangeUnreachable the exchange could not be reached or the connection was lost
 
-``RpcError.transient`` says whether retrying later can succeed (docs/deribit-protocol.md §9); callers retry only
-those, with backoff, and treat the rest as permanent.
+``RpcError.transient`` says whether retrying later can succeed (docs/deribit-protocol.md §9);
+callers retry only those, with backoff, and treat the rest as permanent.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 
 class ErrorCode(IntEnum):
-    """Deribit error codes a market-data client or the simulator meets (docs/deribit-protocol.md §9)."""
+    """Deribit error codes a market-data client or the simulator meets (protocol doc §9)."""
 
     TOO_MANY_REQUESTS = 10028
     RETRY = 10040

@@ -1,4 +1,4 @@
-"""Shapes of Deribit's market-data payloads (docs/deribit-protocol.md sections 3 to 7), as TypedDicts.
+"""Shapes of Deribit's market-data payloads, as TypedDicts (docs/deribit-protocol.md §3 to §7).
 
 These describe what arrives on the wire, quirks included: ``estimated_delivery_price`` may be the
 string ``"expired"``, ``last_price`` may be ``null``, empty book sides may be ``0.0`` or ``null``,

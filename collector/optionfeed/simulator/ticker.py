@@ -19,7 +19,8 @@ from optionfeed.simulator.option import Option, fround
 YEAR_MS = pricing.YEAR_SECONDS * 1000.0
 # ``ask_iv`` Deribit shows for an expired option (real 2020 capture), and the cap of any IV.
 IV_CAP = 500.0
-# The ticker's empty-side value when the null variant is not used (docs/deribit-protocol.md §10 item 2).
+# The ticker's empty-side value when the null variant is not used (docs/deribit-protocol.md §10,
+# item 2).
 ZERO = 0.0
 _floor = math.floor
 
