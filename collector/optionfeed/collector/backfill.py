@@ -23,6 +23,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from opentelemetry import trace
+
 from optionfeed.backoff import Backoff
 from optionfeed.collector.gaps import TradeRecovery
 from optionfeed.collector.normalize import NormalizeError, trade_rows
@@ -35,6 +37,7 @@ from optionfeed.deribit.rest import RestClient
 from optionfeed.store import tables
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 PAGE = 1000
 BY_SEQ = "public/get_last_trades_by_instrument"
@@ -78,7 +81,7 @@ class Backfiller:
         while True:
             recovery = await self._queue.get()
             try:
-                await self._recover(recovery)
+                await self._traced_recover(recovery)
             finally:
                 self.pending -= 1
                 self._queue.task_done()
@@ -86,6 +89,26 @@ class Backfiller:
     async def idle(self) -> None:
         """Until every requested recovery is done (tests and shutdown reports use it)."""
         await self._queue.join()
+
+    async def _traced_recover(self, recovery: TradeRecovery) -> None:
+        """One recovery in a span, the child of its gap's span when the gap has one."""
+        gap = recovery.gap
+        parent = trace.set_span_in_context(
+            trace.NonRecordingSpan(gap.traced) if gap.traced is not None else trace.INVALID_SPAN
+        )
+        attributes: dict[str, str | int] = {
+            "optionfeed.instrument": recovery.instrument,
+            "optionfeed.gap.id": str(gap.gap_id),
+            "optionfeed.gap.reason": gap.reason,
+        }
+        if recovery.after_seq is not None:
+            attributes["optionfeed.backfill.after_seq"] = recovery.after_seq
+        if recovery.upto_seq is not None:
+            attributes["optionfeed.backfill.upto_seq"] = recovery.upto_seq
+        with tracer.start_as_current_span(
+            "optionfeed.backfill", context=parent, attributes=attributes
+        ):
+            await self._recover(recovery)
 
     async def _recover(self, recovery: TradeRecovery) -> None:
         backoff = Backoff(base=1.0, cap=30.0)
@@ -120,6 +143,12 @@ class Backfiller:
                 break
         self.fetched += len(fetched)
         missed = [t for t in fetched if _was_missed(t["trade_seq"], recovery)]
+        trace.get_current_span().set_attributes(
+            {
+                "optionfeed.backfill.trades_fetched": len(fetched),
+                "optionfeed.rows_recovered": len(missed),
+            }
+        )
         seqs = (missed[0]["trade_seq"], missed[-1]["trade_seq"]) if missed else None
         if fetched:
             self._trades.seed(recovery.instrument, max(t["trade_seq"] for t in fetched))
