@@ -42,6 +42,7 @@ class OperatorOptions:
 
     image: str = manifests.DEFAULT_IMAGE
     resync_interval: float = 30.0
+    collector_tracing: manifests.CollectorTracing | None = None
 
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
@@ -97,7 +98,11 @@ def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
         memo["kube"] = client
         memo["http"] = session
         memo["reconciler"] = Reconciler(
-            Cluster(client), Selector(session), events=_post_event, image=options.image
+            Cluster(client),
+            Selector(session),
+            events=_post_event,
+            image=options.image,
+            collector_tracing=options.collector_tracing,
         )
 
     @kopf.on.cleanup(id="close_clients", registry=registry)
