@@ -264,7 +264,11 @@ def _tracing_env(
         ]
     )
     env: list[dict[str, Any]] = [
-        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        # apiVersion as the API server defaults it, so that the stored object is what was rendered.
+        {
+            "name": POD_NAME_ENV,
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+        },
         *({"name": name, "value": value} for name, value in sorted(tracing.env.items())),
         {"name": "OTEL_SERVICE_NAME", "value": COLLECTOR_SERVICE_NAME},
         {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": attributes},

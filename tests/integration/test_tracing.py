@@ -119,7 +119,7 @@ async def test_a_collector_exports_its_sessions_flushes_gaps_backfills_and_reloa
     # The resource: who sent it.
     resource = spans[0].resource
     assert resource["optionfeed.feed"] == "test-feed"
-    assert resource["optionfeed.shard"] == 0
+    assert resource["optionfeed.shard"] == "0"
     assert resource["k8s.pod.name"] == "collector-0"
     assert resource["service.version"] == __version__
 

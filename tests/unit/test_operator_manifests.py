@@ -322,7 +322,9 @@ def test_tracing_gives_the_collector_the_operators_exporter_and_its_identity() -
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4318"
     assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.1"
     assert env["OTEL_SERVICE_NAME"]["value"] == "optionfeed-collector"
-    assert env["K8S_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["K8S_POD_NAME"]["valueFrom"] == {
+        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}
+    }
     assert env["OTEL_RESOURCE_ATTRIBUTES"]["value"] == (
         "optionfeed.feed=eth-top50,optionfeed.shard=1,k8s.namespace.name=md,"
         "k8s.pod.name=$(K8S_POD_NAME)"

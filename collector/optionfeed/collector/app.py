@@ -588,15 +588,14 @@ class Collector:
     @staticmethod
     def _trace_load(assignment: Assignment) -> None:
         """A span for the assignment the collector started with, linked to the operator's pass."""
-        with tracer.start_as_current_span(
+        tracer.start_span(
             "optionfeed.assignment.load",
             links=tracing.link_to(assignment.traceparent),
             attributes={
                 "optionfeed.assignment.generation": assignment.generation,
                 "optionfeed.instruments": len(assignment.instruments),
             },
-        ):
-            pass
+        ).end()
 
     def _apply_assignment(self, assignment: Assignment) -> tuple[int, int]:
         """Subscribe and unsubscribe the difference; (channels added, channels removed)."""

@@ -294,16 +294,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trace_identity(config: CollectorConfig) -> dict[str, str | int]:
-    """The feed and shard for the trace resource, as far as they are known before the start."""
+def _trace_identity(config: CollectorConfig) -> dict[str, str]:
+    """The feed and shard for the trace resource, as far as they are known before the start.
+
+    The shard is a string, as in OTEL_RESOURCE_ATTRIBUTES (all strings) that the operator sets.
+    """
     from optionfeed.collector.assignment import InvalidAssignment, read_assignment
     from optionfeed.telemetry import tracing
 
     if config.local is not None:
-        return {tracing.FEED_ATTRIBUTE: config.local.feed, tracing.SHARD_ATTRIBUTE: 0}
+        return {tracing.FEED_ATTRIBUTE: config.local.feed, tracing.SHARD_ATTRIBUTE: "0"}
     assert config.assignment_path is not None
     try:
         assignment = read_assignment(config.assignment_path)
     except InvalidAssignment:
         return {}  # reported as a usage error by the run itself
-    return {tracing.FEED_ATTRIBUTE: assignment.feed, tracing.SHARD_ATTRIBUTE: assignment.shard}
+    return {tracing.FEED_ATTRIBUTE: assignment.feed, tracing.SHARD_ATTRIBUTE: str(assignment.shard)}

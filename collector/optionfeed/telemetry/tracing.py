@@ -28,10 +28,14 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +66,10 @@ def endpoint(environ: Mapping[str, str] = os.environ) -> str | None:
 class Tracing:
     """An installed tracer provider; :meth:`shutdown` exports what is queued and stops it."""
 
-    provider: object  # opentelemetry.sdk.trace.TracerProvider (imported only when tracing is on)
+    provider: TracerProvider
     endpoint: str
 
     def shutdown(self) -> None:
-        from opentelemetry.sdk.trace import TracerProvider
-
-        assert isinstance(self.provider, TracerProvider)
         # shutdown() flushes the batch processor first; a receiver that is down costs at most
         # the exporter's timeout here, never a hang.
         self.provider.shutdown()
