@@ -303,6 +303,10 @@ class ExchangeConnection:
         frames = self.frames
         try:
             lost = await self._run_session()
+        except asyncio.CancelledError:
+            # Only a close() during the handshake cancels a session.
+            span.set_attribute("optionfeed.disconnect.reason", "shutdown")
+            raise
         except BaseException as exc:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
