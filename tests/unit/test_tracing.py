@@ -1,7 +1,7 @@
 """optionfeed.telemetry.tracing: off without an endpoint, and the trace context between processes.
 
-Exporting for real is tested against a real receiver (tests/integration/test_tracing.py); these
-tests never install a global tracer provider.
+Exporting for real is tested against a real receiver (tests/integration/test_collector_tracing.py,
+tests/kube/test_operator_tracing.py); these tests never install a global tracer provider.
 """
 
 from __future__ import annotations
