@@ -16,7 +16,7 @@ RUN := $(UV) run --frozen --no-sync
 
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run test demo bench drills lint format postgres timescaledb prometheus k8s dashboard clean
+.PHONY: setup run test demo bench drills lint format postgres timescaledb prometheus k8s otel-receiver dashboard clean
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -45,13 +45,18 @@ prometheus:
 k8s:
 	@tests/harness/build-control-plane.sh
 
+# The OTLP receiver the tracing tests export to (an OpenTelemetry Collector), built from Go modules
+# and cached outside the tree.
+otel-receiver:
+	@tests/harness/build-otel-receiver.sh
+
 run: setup
 	$(RUN) optionfeed collect --currency ETH --top 50 --channels ticker,trades
 
 demo: setup
 	$(RUN) optionfeed demo $(if $(DURATION),--duration $(DURATION))
 
-test: setup postgres timescaledb prometheus k8s
+test: setup postgres timescaledb prometheus k8s otel-receiver
 	$(RUN) pytest $(PYTEST_ARGS)
 
 drills: setup postgres

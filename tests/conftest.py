@@ -1,5 +1,5 @@
-"""Fixtures shared by every test level: a real PostgreSQL, started once per session, and the
-Deribit simulator."""
+"""Fixtures shared by every test level: a real PostgreSQL, started once per session, the
+Deribit simulator, and an OTLP receiver for the tracing tests."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from harness.otlp import OtlpReceiver
 from harness.postgres import (
     TIMESCALEDB_SETTINGS,
     TempPostgres,
@@ -68,6 +69,13 @@ def simulator() -> Iterator[SimulatorProcess]:
     """``optionfeed simulate`` on 127.0.0.1 with a fixed seed; stopped after the test."""
     with SimulatorProcess() as sim:
         yield sim
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """An OpenTelemetry Collector taking OTLP/HTTP on 127.0.0.1; ``.spans()`` is what it got."""
+    with OtlpReceiver() as receiver:
+        yield receiver
 
 
 # ------------------------------------------------------------------------------------ drills

@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 from optionfeed_operator.api import FeedSpec
 
@@ -78,6 +78,9 @@ class ShardDocument(TypedDict):
     channels: list[str]
     instruments: list[str]
     exchangeUrl: str
+    # With tracing on: the W3C trace context of the reconcile pass that wrote this version, for
+    # the collector's reload span to link to. Not part of the assignment hash.
+    traceparent: NotRequired[str]
 
 
 def document_key(shard: int) -> str:
@@ -85,8 +88,10 @@ def document_key(shard: int) -> str:
     return f"shard-{shard}.json"
 
 
-def shard_document(feed: FeedSpec, shard: int, instruments: Sequence[str]) -> ShardDocument:
-    return {
+def shard_document(
+    feed: FeedSpec, shard: int, instruments: Sequence[str], *, traceparent: str | None = None
+) -> ShardDocument:
+    document: ShardDocument = {
         "feed": feed.name,
         "namespace": feed.namespace,
         "shard": shard,
@@ -98,6 +103,9 @@ def shard_document(feed: FeedSpec, shard: int, instruments: Sequence[str]) -> Sh
         "instruments": list(instruments),
         "exchangeUrl": feed.exchange_url,
     }
+    if traceparent is not None:
+        document["traceparent"] = traceparent
+    return document
 
 
 def encode_document(document: ShardDocument) -> str:
@@ -145,11 +153,13 @@ def _hashed_facts(feed: FeedSpec) -> dict[str, Any]:
     }
 
 
-def build_assignment(feed: FeedSpec, selection: Iterable[str]) -> Assignment:
+def build_assignment(
+    feed: FeedSpec, selection: Iterable[str], *, traceparent: str | None = None
+) -> Assignment:
     """Assign ``selection`` to ``feed.shards`` shards and render every shard's document."""
     shards = assign(selection, feed.shards)
     documents = {
-        document_key(i): encode_document(shard_document(feed, i, names))
+        document_key(i): encode_document(shard_document(feed, i, names, traceparent=traceparent))
         for i, names in enumerate(shards)
     }
     return Assignment(
@@ -191,6 +201,17 @@ def read_documents(
     assert facts is not None
     facts.pop("shards")
     return facts, tuple(shards)
+
+
+def stored_traceparent(data: Mapping[str, str] | None) -> str | None:
+    """The trace context the documents in a ConfigMap's ``data`` carry, if any (from shard 0's:
+    every shard's document carries the same)."""
+    try:
+        document = json.loads((data or {})[document_key(0)])
+    except (KeyError, ValueError):
+        return None
+    value = document.get("traceparent") if isinstance(document, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def verified_selection(data: Mapping[str, str], expected_hash: str | None) -> frozenset[str] | None:

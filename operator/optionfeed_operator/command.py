@@ -96,7 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import kopf
 
+    from optionfeed.telemetry import tracing
     from optionfeed_operator.handlers import OperatorOptions, build_registry, configure_settings
+    from optionfeed_operator.manifests import CollectorTracing
 
     namespaces: list[str] = args.namespaces or args.env_namespaces
     if namespaces and args.all_namespaces:
@@ -112,17 +114,23 @@ def run(args: argparse.Namespace) -> int:
             image=args.collector_image,
             resync_interval=args.resync_interval,
             metrics_port=args.metrics_port,
+            collector_tracing=CollectorTracing.from_environment(os.environ),
         )
     )
-    kopf.run(
-        registry=registry,
-        settings=settings,
-        standalone=args.peering is None,
-        peering_name=args.peering,
-        priority=args.priority,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=args.liveness,
-        memo=kopf.Memo(),
-    )
+    traces = tracing.setup("optionfeed-operator")
+    try:
+        kopf.run(
+            registry=registry,
+            settings=settings,
+            standalone=args.peering is None,
+            peering_name=args.peering,
+            priority=args.priority,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=args.liveness,
+            memo=kopf.Memo(),
+        )
+    finally:
+        if traces is not None:
+            traces.shutdown()
     return 0

@@ -44,6 +44,7 @@ class OperatorOptions:
     image: str = manifests.DEFAULT_IMAGE
     resync_interval: float = 30.0
     metrics_port: int = 0  # 0: no metrics server
+    collector_tracing: manifests.CollectorTracing | None = None
 
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
@@ -105,6 +106,7 @@ def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
             events=_post_event,
             image=options.image,
             metrics=metrics,
+            collector_tracing=options.collector_tracing,
         )
         if options.metrics_port:
             server = MetricsServer(metrics, options.metrics_port)

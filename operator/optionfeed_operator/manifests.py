@@ -17,6 +17,12 @@ What is deliberately *not* rendered into a Deployment, and therefore not in its 
 - the feed's ``metadata.generation``: it moves on every edit of the feed, also for edits that
   change nothing in a Deployment (``topN``, ``refreshInterval``).
 - ranking inputs and times (``topN``, ``rankBy``, ``lastRankedAt``): they only reach the ConfigMap.
+
+Tracing: when the operator runs with an OTLP endpoint (:class:`CollectorTracing`), each collector
+gets the same ``OTEL_*`` exporter and sampler settings, ``OTEL_SERVICE_NAME``, and
+``OTEL_RESOURCE_ATTRIBUTES`` naming its feed, shard, namespace and pod (the pod's name through the
+downward API). The collector adds its own version (``service.version``), which is exact even when
+``spec.collector.image`` pins another release than the operator's.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +70,19 @@ CLIENT_SECRET_ENV = "OPTIONFEED_CLIENT_SECRET"
 SPOOL_DIR_ENV = "OPTIONFEED_SPOOL_DIR"
 RETENTION_ENV = "OPTIONFEED_RETENTION"
 RESERVED_ENV = frozenset({DATABASE_URL_ENV, CLIENT_ID_ENV, CLIENT_SECRET_ENV, SPOOL_DIR_ENV})
+# Tracing (only with an endpoint). The pod's name comes from the downward API into POD_NAME_ENV,
+# which OTEL_RESOURCE_ATTRIBUTES refers to as $(K8S_POD_NAME): the kubelet expands it.
+COLLECTOR_SERVICE_NAME = "optionfeed-collector"
+POD_NAME_ENV = "K8S_POD_NAME"
+# The operator's own settings that collectors inherit, when the operator has them.
+INHERITED_OTEL_ENV = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+)
 # Keys of the credentials Secret (docs/design.md: a Deribit client_id/client_secret).
 CLIENT_ID_KEY = "client_id"
 CLIENT_SECRET_KEY = "client_secret"
@@ -72,6 +91,23 @@ DEFAULT_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "250m", "memory": "256Mi"},
     "limits": {"memory": "1Gi"},
 }
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorTracing:
+    """The ``OTEL_*`` settings collector pods get: the operator's own exporter and sampler."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> CollectorTracing | None:
+        """The settings to pass on, or None when the operator has no OTLP endpoint."""
+        if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            return None
+        env = {name: environ[name] for name in INHERITED_OTEL_ENV if environ.get(name)}
+        if not any(name.endswith("_ENDPOINT") for name in env):
+            return None
+        return cls(env)
 
 
 # --- names and labels -------------------------------------------------------------------------
@@ -216,7 +252,32 @@ def read_configmap(configmap: Mapping[str, Any] | None) -> StoredAssignment | No
 # --- the Deployments --------------------------------------------------------------------------
 
 
-def _env(feed: FeedSpec) -> list[dict[str, Any]]:
+def _tracing_env(
+    feed: FeedSpec, shard: int, tracing: CollectorTracing, taken: set[str]
+) -> list[dict[str, Any]]:
+    """``OTEL_*`` for a collector; a name the feed's own env already sets is left to it."""
+    attributes = ",".join(
+        [
+            f"optionfeed.feed={feed.name}",
+            f"optionfeed.shard={shard}",
+            f"k8s.namespace.name={feed.namespace}",
+            f"k8s.pod.name=$({POD_NAME_ENV})",
+        ]
+    )
+    env: list[dict[str, Any]] = [
+        # apiVersion as the API server defaults it, so that the stored object is what was rendered.
+        {
+            "name": POD_NAME_ENV,
+            "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}},
+        },
+        *({"name": name, "value": value} for name, value in sorted(tracing.env.items())),
+        {"name": "OTEL_SERVICE_NAME", "value": COLLECTOR_SERVICE_NAME},
+        {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": attributes},
+    ]
+    return [entry for entry in env if entry["name"] not in taken]
+
+
+def _env(feed: FeedSpec, shard: int, tracing: CollectorTracing | None) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {
             "name": DATABASE_URL_ENV,
@@ -241,6 +302,10 @@ def _env(feed: FeedSpec) -> list[dict[str, Any]]:
         if isinstance(user_name, str) and user_name not in seen:
             env.append(dict(entry))
             seen.add(user_name)
+    if tracing is not None:
+        # After the feed's env: $(K8S_POD_NAME) must be defined before the entry that uses it,
+        # and a user's own OTEL_* setting wins over the inherited one.
+        env.extend(_tracing_env(feed, shard, tracing, seen))
     return env
 
 
@@ -253,7 +318,9 @@ def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def _container(feed: FeedSpec, shard: int, image: str) -> dict[str, Any]:
+def _container(
+    feed: FeedSpec, shard: int, image: str, tracing: CollectorTracing | None
+) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": feed.collector.image or image,
@@ -265,7 +332,7 @@ def _container(feed: FeedSpec, shard: int, image: str) -> dict[str, Any]:
             "--metrics-port",
             str(METRICS_PORT),
         ],
-        "env": _env(feed),
+        "env": _env(feed, shard, tracing),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         # Up to 2 minutes to connect, subscribe and reach the database before liveness counts.
         "startupProbe": _probe("/livez", period=2, failures=60),
@@ -296,7 +363,9 @@ def _container(feed: FeedSpec, shard: int, image: str) -> dict[str, Any]:
     return container
 
 
-def _pod_spec(feed: FeedSpec, shard: int, image: str) -> dict[str, Any]:
+def _pod_spec(
+    feed: FeedSpec, shard: int, image: str, tracing: CollectorTracing | None
+) -> dict[str, Any]:
     pod: dict[str, Any] = {
         # The collector never talks to the Kubernetes API.
         "automountServiceAccountToken": False,
@@ -310,7 +379,7 @@ def _pod_spec(feed: FeedSpec, shard: int, image: str) -> dict[str, Any]:
             "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(feed, shard, image)],
+        "containers": [_container(feed, shard, image, tracing)],
         "volumes": [
             {
                 "name": "assignment",
@@ -333,9 +402,16 @@ def _pod_spec(feed: FeedSpec, shard: int, image: str) -> dict[str, Any]:
     return pod
 
 
-def render_deployment(feed: FeedSpec, shard: int, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
+def render_deployment(
+    feed: FeedSpec,
+    shard: int,
+    *,
+    image: str = DEFAULT_IMAGE,
+    tracing: CollectorTracing | None = None,
+) -> dict[str, Any]:
     """Deployment ``<feed>-shard-<shard>``, with its input hash. ``image`` is the operator's
-    default collector image, used when the feed names none."""
+    default collector image, used when the feed names none; ``tracing`` the ``OTEL_*`` settings
+    its collectors get (none without)."""
     if not 0 <= shard < feed.shards:
         raise ValueError(f"shard {shard} is outside 0..{feed.shards - 1}")
     labels = shard_labels(feed.name, shard)
@@ -363,7 +439,7 @@ def render_deployment(feed: FeedSpec, shard: int, *, image: str = DEFAULT_IMAGE)
                     "labels": dict(labels),
                     "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER_NAME},
                 },
-                "spec": _pod_spec(feed, shard, image),
+                "spec": _pod_spec(feed, shard, image, tracing),
             },
         },
     }

@@ -14,6 +14,10 @@ The steps, each of which may end the pass early::
 
 Passes for one feed never overlap (a lock per feed), and a pass that is already waiting for the
 lock absorbs any further request: it has not read anything yet, so it will see their changes too.
+
+Each pass is a span, ``optionfeed.reconcile``, with a child for the ranking. When a pass writes a
+new version of the assignment, the documents carry the pass's trace context (``traceparent``), so
+the collectors' reload spans link back to it; a pass that changes nothing keeps the one stored.
 """
 
 from __future__ import annotations
@@ -26,13 +30,17 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from lightkube import ApiError
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
+from optionfeed.telemetry import tracing
 from optionfeed_operator import api, assignment, manifests, ranking, status
 from optionfeed_operator.api import Annotations, FeedSpec, Reason
 from optionfeed_operator.cluster import Cluster
 from optionfeed_operator.metrics import OperatorMetrics
 
 logger = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 Object = Mapping[str, Any]
 
@@ -90,6 +98,7 @@ class Reconciler:
         *,
         events: EventSink,
         image: str = manifests.DEFAULT_IMAGE,
+        collector_tracing: manifests.CollectorTracing | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: OperatorMetrics | None = None,
     ) -> None:
@@ -98,6 +107,7 @@ class Reconciler:
         self._selector = selector
         self._events = events
         self._image = image
+        self._collector_tracing = collector_tracing
         self._clock = clock
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._waiting: dict[tuple[str, str], int] = {}
@@ -121,7 +131,15 @@ class Reconciler:
                 entered = True
                 started = time.monotonic()
                 try:
-                    await self._pass(namespace, name, cause)
+                    with tracer.start_as_current_span(
+                        "optionfeed.reconcile",
+                        attributes={
+                            "k8s.namespace.name": namespace,
+                            "optionfeed.feed": name,
+                            "optionfeed.reconcile.cause": cause,
+                        },
+                    ):
+                        await self._pass(namespace, name, cause)
                 except Exception as exc:
                     self.metrics.reconciled(time.monotonic() - started, exc)
                     raise
@@ -149,8 +167,10 @@ class Reconciler:
     # --- the pass ------------------------------------------------------------------------------
 
     async def _pass(self, namespace: str, name: str, cause: str) -> None:
+        span = trace.get_current_span()
         body = await self._cluster.get_feed(namespace, name)
         if body is None or _meta(body).get("deletionTimestamp"):
+            span.set_attribute("optionfeed.reconcile.outcome", "deleted")
             # Deleted: the garbage collector removes the children through their ownerReferences.
             self._forget(namespace, name, _meta(body).get("uid") if body else None)
             return
@@ -158,6 +178,8 @@ class Reconciler:
         try:
             feed = api.parse_feed(body)
         except api.InvalidFeed as exc:
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            span.set_attribute("optionfeed.reconcile.outcome", "invalid")
             await self._finish(
                 body,
                 status.PassResult(
@@ -178,7 +200,25 @@ class Reconciler:
             namespace, {api.Labels.MANAGED_BY.value: api.FIELD_MANAGER, api.Labels.FEED.value: name}
         )
         stored = manifests.read_configmap(live_cm)
-        choice = await self._selector.choose(feed, self._stored_selection(stored))
+        span.set_attributes(
+            {"optionfeed.feed.generation": generation, "optionfeed.shards": feed.shards}
+        )
+        with tracer.start_as_current_span(
+            "optionfeed.ranking",
+            attributes={
+                "optionfeed.currency": feed.currency,
+                "optionfeed.ranking.by": str(feed.rank_by),
+            },
+        ) as ranking_span:
+            choice = await self._selector.choose(feed, self._stored_selection(stored))
+            ranking_span.set_attribute("optionfeed.ranking.ranked", choice.ranked)
+            if choice.selection is not None:
+                ranking_span.set_attribute(
+                    "optionfeed.ranking.selected", len(choice.selection.instruments)
+                )
+            if choice.failure is not None:
+                ranking_span.set_status(Status(StatusCode.ERROR, choice.failure.message))
+                ranking_span.set_attribute("optionfeed.ranking.failure", str(choice.failure.reason))
         problem = self._ranking_problem(choice, live_cm is not None)
         if choice.ranked:
             self._announce_ranking(body, feed, choice)
@@ -204,6 +244,19 @@ class Reconciler:
                 logger.warning("%s/%s: %s", namespace, name, problem.message)
             stored = manifests.read_configmap(live_cm)
 
+        span.set_attributes(
+            {"optionfeed.applied": changed, "optionfeed.applied.count": len(changed)}
+        )
+        if stored is not None:
+            span.set_attributes(
+                {
+                    "optionfeed.assignment.hash": stored.hash,
+                    "optionfeed.assignment.instruments": stored.instruments,
+                }
+            )
+        if problem is not None:
+            span.set_status(Status(StatusCode.ERROR, problem.message))
+            span.set_attribute("optionfeed.reconcile.problem", str(problem.reason))
         await self._finish(
             body,
             status.PassResult(
@@ -264,15 +317,25 @@ class Reconciler:
         live: Object | None,
         changed: list[str],
     ) -> Object:
-        plan = assignment.build_assignment(feed, selection.instruments)
-        desired = manifests.render_configmap(
-            feed,
-            plan,
-            ranking_key=selection.key,
-            ranked_at=api.format_time(selection.ranked_at),
-        )
+        def render(traceparent: str | None) -> tuple[assignment.Assignment, dict[str, Any]]:
+            plan = assignment.build_assignment(feed, selection.instruments, traceparent=traceparent)
+            desired = manifests.render_configmap(
+                feed,
+                plan,
+                ranking_key=selection.key,
+                ranked_at=api.format_time(selection.ranked_at),
+            )
+            return plan, desired
+
+        # First with the trace context already stored: a pass that changes nothing else must not
+        # rewrite the documents (and make every collector reload) only to carry its own.
+        stored_traceparent = assignment.stored_traceparent((live or {}).get("data"))
+        plan, desired = render(stored_traceparent)
         if live is not None and self._configmap_matches(live, desired, feed):
             return live
+        traceparent = tracing.current_traceparent()
+        if traceparent != stored_traceparent:
+            plan, desired = render(traceparent)
         applied = await self._cluster.apply(desired)
         if live is not None and _meta(live).get("resourceVersion") == _meta(applied).get(
             "resourceVersion"
@@ -306,7 +369,9 @@ class Reconciler:
     async def _apply_shard(
         self, body: Object, feed: FeedSpec, shard: int, live: Object | None, changed: list[str]
     ) -> Object:
-        desired = manifests.render_deployment(feed, shard, image=self._image)
+        desired = manifests.render_deployment(
+            feed, shard, image=self._image, tracing=self._collector_tracing
+        )
         want_hash = desired["metadata"]["annotations"][Annotations.INPUT_HASH]
         name = desired["metadata"]["name"]
         live_hash = (_meta(live).get("annotations") or {}).get(Annotations.INPUT_HASH)

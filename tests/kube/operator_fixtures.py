@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,9 +56,11 @@ class OperatorProcess:
         kubeconfig: Path | None = None,
         resync_interval: float = 2.0,
         metrics_port: int = 0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.control_plane = control_plane
         self.metrics_port = metrics_port
+        self.extra_env = dict(env or {})
         self.namespace = namespace
         self.kubeconfig = kubeconfig or control_plane.kubeconfig
         self.resync_interval = resync_interval
@@ -71,6 +73,7 @@ class OperatorProcess:
         port = free_port()
         env = self.control_plane.env(self.kubeconfig)
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
         args = [
             sys.executable,
             "-m",

@@ -15,6 +15,7 @@ from optionfeed_operator.assignment import (
     moved,
     read_documents,
     shard_of,
+    stored_traceparent,
     verified_selection,
     weight,
 )
@@ -186,3 +187,28 @@ def test_a_stored_selection_is_trusted_only_while_its_documents_are_intact() -> 
     missing = {k: v for k, v in plan.documents.items() if k != "shard-1.json"}
     assert read_documents(missing) is None
     assert read_documents({**plan.documents, "shard-0.json": "not json"}) is None
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_a_trace_context_rides_in_every_document_but_not_in_the_hash() -> None:
+    feed = parse_feed(feed_body(shards=2))
+    names = option_names(20)
+    plain = build_assignment(feed, names)
+    traced = build_assignment(feed, names, traceparent=TRACEPARENT)
+    assert traced.hash == plain.hash
+    assert stored_traceparent(plain.documents) is None
+    assert stored_traceparent(traced.documents) == TRACEPARENT
+    assert verified_selection(traced.documents, plain.hash) == frozenset(names)
+    for text in traced.documents.values():
+        assert json.loads(text)["traceparent"] == TRACEPARENT
+        assert parse_assignment(text).traceparent == TRACEPARENT
+    assert all(parse_assignment(t).traceparent is None for t in plain.documents.values())
+
+
+def test_a_stored_trace_context_is_none_when_the_documents_say_nothing_usable() -> None:
+    assert stored_traceparent(None) is None
+    assert stored_traceparent({}) is None
+    assert stored_traceparent({"shard-0.json": "not json"}) is None
+    assert stored_traceparent({"shard-0.json": json.dumps({"traceparent": 7})}) is None

@@ -17,6 +17,7 @@ from optionfeed_operator.api import Annotations, parse_feed
 from optionfeed_operator.assignment import build_assignment
 from optionfeed_operator.manifests import (
     DEFAULT_RESOURCES,
+    CollectorTracing,
     children_selector,
     feed_selector,
     input_hash,
@@ -295,3 +296,65 @@ def test_the_operators_default_image_is_used_unless_the_feed_names_one() -> None
     )
     named = container(render_deployment(parse_feed(full_body()), 0, image=IMAGE))
     assert named["image"] == "registry.example/optionfeed:1.2.3"
+
+
+TRACING = CollectorTracing(
+    {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4318",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    }
+)
+
+
+def test_deployment_with_tracing_matches_the_golden_file() -> None:
+    check_golden(
+        "deployment-tracing.yaml",
+        render_deployment(parse_feed(minimal_body()), 0, image=IMAGE, tracing=TRACING),
+    )
+
+
+def test_tracing_gives_the_collector_the_operators_exporter_and_its_identity() -> None:
+    env = {
+        e["name"]: e
+        for e in container(render_deployment(parse_feed(full_body()), 1, tracing=TRACING))["env"]
+    }
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4318"
+    assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.1"
+    assert env["OTEL_SERVICE_NAME"]["value"] == "optionfeed-collector"
+    assert env["K8S_POD_NAME"]["valueFrom"] == {
+        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}
+    }
+    assert env["OTEL_RESOURCE_ATTRIBUTES"]["value"] == (
+        "optionfeed.feed=eth-top50,optionfeed.shard=1,k8s.namespace.name=md,"
+        "k8s.pod.name=$(K8S_POD_NAME)"
+    )
+    names = [
+        e["name"]
+        for e in container(render_deployment(parse_feed(full_body()), 1, tracing=TRACING))["env"]
+    ]
+    assert names.index("K8S_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+
+
+def test_without_tracing_no_otel_variable_is_set() -> None:
+    env = container(render_deployment(parse_feed(full_body()), 1))["env"]
+    assert not [e for e in env if e["name"].startswith("OTEL_") or e["name"] == "K8S_POD_NAME"]
+
+
+def test_the_feeds_own_otel_settings_win_over_the_operators() -> None:
+    body = minimal_body(collector={"env": [{"name": "OTEL_TRACES_SAMPLER", "value": "always_off"}]})
+    env = container(render_deployment(parse_feed(body), 0, tracing=TRACING))["env"]
+    samplers = [e for e in env if e["name"] == "OTEL_TRACES_SAMPLER"]
+    assert samplers == [{"name": "OTEL_TRACES_SAMPLER", "value": "always_off"}]
+
+
+def test_tracing_settings_come_from_the_operators_environment_only_with_an_endpoint() -> None:
+    assert CollectorTracing.from_environment({}) is None
+    assert CollectorTracing.from_environment({"OTEL_TRACES_SAMPLER": "always_on"}) is None
+    endpoint = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"}
+    assert CollectorTracing.from_environment({**endpoint, "OTEL_SDK_DISABLED": "true"}) is None
+    found = CollectorTracing.from_environment(
+        {**endpoint, "OTEL_EXPORTER_OTLP_HEADERS": "authorization=secret", "PATH": "/bin"}
+    )
+    # Headers may hold credentials: they are not copied into every pod spec.
+    assert found == CollectorTracing(endpoint)

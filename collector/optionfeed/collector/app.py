@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from opentelemetry import trace
 
 from optionfeed import __version__
 from optionfeed.backoff import Backoff
@@ -66,10 +67,12 @@ from optionfeed.store.queries import last_trades
 from optionfeed.store.records import status_row
 from optionfeed.store.spool import DEFAULT_MAX_BYTES, Spool
 from optionfeed.store.writer import Writer
+from optionfeed.telemetry import tracing
 from optionfeed.telemetry.health import HealthServer
 from optionfeed.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 DEFAULT_EXCHANGE_URL = "wss://www.deribit.com/ws/api/v2"
 GET_INSTRUMENTS = "public/get_instruments"
@@ -294,6 +297,8 @@ class Collector:
                 log.info("stopped before the exchange could be reached; nothing was recorded")
                 return
             self.plan = plan
+            if assignment is not None:
+                self._trace_load(assignment)
             self.metrics.info.info(
                 {"feed": plan.feed, "shard": str(plan.shard), "version": __version__}
             )
@@ -599,26 +604,56 @@ class Collector:
         assert self.plan is not None
         current = read_assignment(path)
         async for assignment in watch_assignment(path, current):
-            plan = plan_from_assignment(assignment, self.config.exchange_url)
-            if plan.exchange_url != self.plan.exchange_url:
-                log.error(
-                    "the assignment now names exchange %s; a running collector keeps %s "
-                    "(restart it to switch)",
-                    plan.exchange_url,
-                    self.plan.exchange_url,
+            with tracer.start_as_current_span(
+                "optionfeed.assignment.reload",
+                links=tracing.link_to(assignment.traceparent),
+                attributes={
+                    "optionfeed.assignment.generation": assignment.generation,
+                    "optionfeed.instruments": len(assignment.instruments),
+                },
+            ) as span:
+                added, removed = self._apply_assignment(assignment)
+                span.set_attributes(
+                    {"optionfeed.channels.added": added, "optionfeed.channels.removed": removed}
                 )
-                plan.exchange_url = self.plan.exchange_url
-            diff = self.feed.set_channels(plan.channels(self.gone))
-            self._forget_removed(diff.removed)
-            self.plan = plan
-            log.info(
-                "assignment generation %d: %d instruments; subscribing %d and unsubscribing %d "
-                "channels on the live connections",
-                assignment.generation,
-                len(plan.instruments),
-                len(diff.added),
-                len(diff.removed),
+
+    @staticmethod
+    def _trace_load(assignment: Assignment) -> None:
+        """A span for the assignment the collector started with, linked to the operator's pass."""
+        tracer.start_span(
+            "optionfeed.assignment.load",
+            links=tracing.link_to(assignment.traceparent),
+            attributes={
+                "optionfeed.assignment.generation": assignment.generation,
+                "optionfeed.instruments": len(assignment.instruments),
+            },
+        ).end()
+
+    def _apply_assignment(self, assignment: Assignment) -> tuple[int, int]:
+        """Subscribe and unsubscribe the difference; (channels added, channels removed)."""
+        assert self.feed is not None
+        assert self.plan is not None
+        plan = plan_from_assignment(assignment, self.config.exchange_url)
+        if plan.exchange_url != self.plan.exchange_url:
+            log.error(
+                "the assignment now names exchange %s; a running collector keeps %s "
+                "(restart it to switch)",
+                plan.exchange_url,
+                self.plan.exchange_url,
             )
+            plan.exchange_url = self.plan.exchange_url
+        diff = self.feed.set_channels(plan.channels(self.gone))
+        self._forget_removed(diff.removed)
+        self.plan = plan
+        log.info(
+            "assignment generation %d: %d instruments; subscribing %d and unsubscribing %d "
+            "channels on the live connections",
+            assignment.generation,
+            len(plan.instruments),
+            len(diff.added),
+            len(diff.removed),
+        )
+        return len(diff.added), len(diff.removed)
 
     # ----------------------------------------------------------------- reporting
 

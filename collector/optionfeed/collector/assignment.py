@@ -6,6 +6,9 @@
      "currency": "ETH", "interval": "100ms", "channels": ["ticker", "trades"],
      "instruments": ["ETH-9NOV25-3375-P", ...], "exchangeUrl": "wss://www.deribit.com/ws/api/v2"}
 
+With tracing on, the operator adds ``"traceparent"``: the W3C trace context of the reconcile pass
+that wrote this version, which the collector's reload span links to.
+
 In a pod the file is a ConfigMap key mounted in a directory. The kubelet replaces it by swapping a
 symlink, never by writing in place, so the watcher compares the content it reads through the path
 rather than relying on inotify events or modification times of the link itself.
@@ -47,6 +50,7 @@ class Assignment:
     channels: tuple[str, ...]
     instruments: tuple[str, ...]
     exchange_url: str | None
+    traceparent: str | None = None
 
     def channel_names(self) -> frozenset[str]:
         """Every channel this shard subscribes: each family for each instrument."""
@@ -101,6 +105,9 @@ def parse_assignment(text: str | bytes, where: str = "assignment") -> Assignment
     exchange_url = doc.get("exchangeUrl")
     if exchange_url is not None and not isinstance(exchange_url, str):
         raise InvalidAssignment(f"{where}: field 'exchangeUrl' must be str")
+    traceparent = doc.get("traceparent")
+    if not isinstance(traceparent, str):
+        traceparent = None  # only ever a link between traces: never worth refusing a file over
     return Assignment(
         feed=_field(doc, "feed", str, where),
         namespace=str(doc.get("namespace", "")),
@@ -112,6 +119,7 @@ def parse_assignment(text: str | bytes, where: str = "assignment") -> Assignment
         channels=tuple(dict.fromkeys(channels)),
         instruments=tuple(dict.fromkeys(instruments)),
         exchange_url=exchange_url,
+        traceparent=traceparent,
     )
 
 

@@ -32,6 +32,8 @@ from collections.abc import Awaitable, Callable
 from operator import itemgetter
 from typing import Any
 
+from opentelemetry import trace
+
 from optionfeed.backoff import Backoff
 from optionfeed.collector.gaps import TradeRecovery
 from optionfeed.collector.normalize import BadElement, split_trades
@@ -43,6 +45,7 @@ from optionfeed.deribit.rest import RestClient
 from optionfeed.store import tables
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 PAGE = 1000
 BY_SEQ = "public/get_last_trades_by_instrument"
@@ -92,7 +95,7 @@ class Backfiller:
         while True:
             recovery = await self._queue.get()
             try:
-                await self._recover(recovery)
+                await self._traced_recover(recovery)
             finally:
                 self.pending -= 1
                 self._queue.task_done()
@@ -100,6 +103,26 @@ class Backfiller:
     async def idle(self) -> None:
         """Until every requested recovery is done (tests and shutdown reports use it)."""
         await self._queue.join()
+
+    async def _traced_recover(self, recovery: TradeRecovery) -> None:
+        """One recovery in a span, the child of its gap's span when the gap has one."""
+        gap = recovery.gap
+        parent = trace.set_span_in_context(
+            trace.NonRecordingSpan(gap.traced) if gap.traced is not None else trace.INVALID_SPAN
+        )
+        attributes: dict[str, str | int] = {
+            "optionfeed.instrument": recovery.instrument,
+            "optionfeed.gap.id": str(gap.gap_id),
+            "optionfeed.gap.reason": gap.reason,
+        }
+        if recovery.after_seq is not None:
+            attributes["optionfeed.backfill.after_seq"] = recovery.after_seq
+        if recovery.upto_seq is not None:
+            attributes["optionfeed.backfill.upto_seq"] = recovery.upto_seq
+        with tracer.start_as_current_span(
+            "optionfeed.backfill", context=parent, attributes=attributes
+        ):
+            await self._recover(recovery)
 
     async def _recover(self, recovery: TradeRecovery) -> None:
         backoff = Backoff(base=1.0, cap=30.0)
@@ -139,6 +162,12 @@ class Backfiller:
                 break
         self.fetched += fetched
         missed = [seq for seq in stored if _was_missed(seq, recovery)]
+        trace.get_current_span().set_attributes(
+            {
+                "optionfeed.backfill.trades_fetched": fetched,
+                "optionfeed.rows_recovered": len(missed),
+            }
+        )
         seqs = (min(missed), max(missed)) if missed else None
         if highest is not None:
             self._trades.seed(recovery.instrument, highest)

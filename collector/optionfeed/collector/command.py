@@ -16,9 +16,13 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from optionfeed.settings import add_option, port_number, positive_float
 from optionfeed.store.command import add_timescale_arguments, timescale_settings
+
+if TYPE_CHECKING:
+    from optionfeed.collector.app import CollectorConfig
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
     from optionfeed.collector.assignment import InvalidAssignment
     from optionfeed.deribit.errors import DeribitError
     from optionfeed.store.errors import StoreError
+    from optionfeed.telemetry import tracing
 
     try:
         config = _config_from(args)
@@ -276,6 +281,7 @@ def run(args: argparse.Namespace) -> int:
         install_signal_handlers(collector)
         await collector.run()
 
+    traces = tracing.setup("optionfeed-collector", _trace_identity(config))
     try:
         asyncio.run(main())
     except InvalidAssignment as exc:
@@ -290,4 +296,25 @@ def run(args: argparse.Namespace) -> int:
     except asyncio.CancelledError:
         print("optionfeed collect: stopped without draining (second signal)", file=sys.stderr)
         return 130
+    finally:
+        if traces is not None:
+            traces.shutdown()
     return 0
+
+
+def _trace_identity(config: CollectorConfig) -> dict[str, str]:
+    """The feed and shard for the trace resource, as far as they are known before the start.
+
+    The shard is a string, as in OTEL_RESOURCE_ATTRIBUTES (all strings) that the operator sets.
+    """
+    from optionfeed.collector.assignment import InvalidAssignment, read_assignment
+    from optionfeed.telemetry import tracing
+
+    if config.local is not None:
+        return {tracing.FEED_ATTRIBUTE: config.local.feed, tracing.SHARD_ATTRIBUTE: "0"}
+    assert config.assignment_path is not None
+    try:
+        assignment = read_assignment(config.assignment_path)
+    except InvalidAssignment:
+        return {}  # reported as a usage error by the run itself
+    return {tracing.FEED_ATTRIBUTE: assignment.feed, tracing.SHARD_ATTRIBUTE: str(assignment.shard)}

@@ -28,6 +28,8 @@ from typing import Any, Literal, Protocol
 import aiohttp
 import orjson
 from aiohttp import WSMsgType
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from optionfeed.backoff import Backoff
 from optionfeed.collector.pacing import RequestPacer
@@ -37,6 +39,7 @@ from optionfeed.deribit.errors import DeribitError, ErrorCode, ProtocolError, Rp
 from optionfeed.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 # Text frames arrive as bytes (decode_text=False): orjson parses them without a decode step.
 BytesWebSocket = aiohttp.ClientWebSocketResponse[Literal[False]]
@@ -182,6 +185,8 @@ class ExchangeConnection:
         self.sessions = 0
         self._run_task: asyncio.Task[None] | None = None
         self._session_tasks: list[asyncio.Task[None]] = []
+        # The current session's span: the parent of its subscribe and unsubscribe requests.
+        self._session_span: trace.Span = trace.INVALID_SPAN
 
     # ----------------------------------------------------------------- the held set
 
@@ -286,6 +291,46 @@ class ExchangeConnection:
     # ----------------------------------------------------------------- one session
 
     async def _session_once(self) -> ConnectionLost:
+        """One session, traced: a span from the connect to the disconnect and its reason."""
+        span = tracer.start_span(
+            "optionfeed.session",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "optionfeed.connection": self.index,
+                "optionfeed.session": self.sessions + 1,
+                "url.full": self.settings.url,
+                "optionfeed.channels.held": len(self.held),
+            },
+        )
+        self._session_span = span
+        frames = self.frames
+        try:
+            lost = await self._run_session()
+        except asyncio.CancelledError:
+            # Only a close() during the handshake cancels a session.
+            span.set_attribute("optionfeed.disconnect.reason", "shutdown")
+            raise
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        else:
+            shutdown = self._closing
+            span.set_attributes(
+                {
+                    "optionfeed.disconnect.reason": "shutdown" if shutdown else lost.reason,
+                    "optionfeed.disconnect.detail": lost.detail,
+                    "optionfeed.frames": self.frames - frames,
+                }
+            )
+            if not shutdown:
+                span.set_status(Status(StatusCode.ERROR, str(lost)))
+            return lost
+        finally:
+            self._session_span = trace.INVALID_SPAN
+            span.end()
+
+    async def _run_session(self) -> ConnectionLost:
         self._end_reason = None
         self._ready = False
         self._connecting = True
@@ -387,6 +432,7 @@ class ExchangeConnection:
                 },
             )
         self._ready = True
+        self._session_span.add_event("connected")
         if not self.held:
             self._backoff.reset()  # nothing to subscribe: the handshake is the whole proof of life
         self._wake.set()
@@ -572,14 +618,31 @@ class ExchangeConnection:
 
     async def _call_channels(self, method: str, batch: list[str]) -> list[str] | None:
         """Send a subscribe/unsubscribe; None when it failed in a way already handled."""
-        try:
-            result = await self.request(method, {"channels": batch})
-        except RpcError as exc:
-            self._request_failed(batch, exc)
-            return None
-        if not isinstance(result, list):
-            raise ConnectionLost("protocol_error", f"{method} answered {type(result).__name__}")
-        return [c for c in result if isinstance(c, str)]
+        # One span per request (at most 500 channels), a child of the session's span.
+        with tracer.start_as_current_span(
+            "optionfeed.subscribe" if method == "public/subscribe" else "optionfeed.unsubscribe",
+            context=trace.set_span_in_context(self._session_span),
+            kind=SpanKind.CLIENT,
+            attributes={"rpc.method": method, "optionfeed.channels.requested": len(batch)},
+        ) as span:
+            try:
+                result = await self.request(method, {"channels": batch})
+            except RpcError as exc:
+                span.set_attributes(
+                    {"optionfeed.error.code": exc.code, "optionfeed.error.message": exc.message}
+                )
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                self._request_failed(batch, exc)
+                return None
+            if not isinstance(result, list):
+                raise ConnectionLost("protocol_error", f"{method} answered {type(result).__name__}")
+            granted = [c for c in result if isinstance(c, str)]
+            span.set_attribute("optionfeed.channels.granted", len(granted))
+            left_out = len(set(batch) - set(granted))
+            if left_out and method == "public/subscribe":
+                span.set_attribute("optionfeed.channels.left_out", left_out)
+                span.set_status(Status(StatusCode.ERROR, f"{left_out} channel(s) left out"))
+            return granted
 
     async def _subscribe(self, batch: list[str]) -> None:
         result = await self._call_channels("public/subscribe", batch)

@@ -30,6 +30,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
 from optionfeed.collector.connection import ExchangeConnection, Observer
 from optionfeed.collector.router import Events, RowSink
 from optionfeed.collector.sequences import BookBreak, SequenceGap, Staleness, TradeSequences
@@ -39,6 +41,7 @@ from optionfeed.store.records import GapReason, gap_row
 from optionfeed.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 FAMILIES = {Kind.TICKER: "ticker", Kind.QUOTE: "quote", Kind.TRADES: "trades", Kind.BOOK: "book"}
 DEFAULT_STALE_AFTER = {"ticker": 60.0}
@@ -60,6 +63,8 @@ class Gap:
     announced: bool = (
         False  # its row was written (a restart's gap is written only if it held trades)
     )
+    # Its span, made once the gap has both bounds; its backfill's span is a child of it.
+    traced: trace.SpanContext | None = None
 
 
 @dataclass(slots=True)
@@ -121,6 +126,8 @@ class GapRecorder(Events, Observer):
     # ----------------------------------------------------------------- writing rows
 
     def record(self, gap: Gap, *, opened: bool = False) -> None:
+        if gap.end is not None and gap.traced is None:
+            gap.traced = self._trace(gap)
         if opened:
             gap.announced = True
             self.opened += 1
@@ -142,6 +149,29 @@ class GapRecorder(Events, Observer):
             )
         )
         self._wake.set()
+
+    def _trace(self, gap: Gap) -> trace.SpanContext:
+        """A span covering the gap, from its start to its end (both already known)."""
+        assert gap.end is not None
+        attributes: dict[str, str | int] = {
+            "optionfeed.gap.id": str(gap.gap_id),
+            "optionfeed.gap.reason": gap.reason,
+            "optionfeed.channel": gap.family,
+        }
+        if gap.instrument is not None:
+            attributes["optionfeed.instrument"] = gap.instrument
+        if gap.seq_from is not None:
+            attributes["optionfeed.gap.seq_from"] = gap.seq_from
+        if gap.seq_to is not None:
+            attributes["optionfeed.gap.seq_to"] = gap.seq_to
+        span = tracer.start_span(
+            "optionfeed.gap",
+            context=trace.set_span_in_context(trace.INVALID_SPAN),  # a trace of its own
+            attributes=attributes,
+            start_time=int(gap.start * 1e9),
+        )
+        span.end(end_time=int(max(gap.end, gap.start) * 1e9))
+        return span.get_span_context()
 
     async def run(self, rows: RowSink, *, sweep_every: float = 5.0) -> None:
         """Write queued gap rows and look for stale channels, until cancelled."""

@@ -27,10 +27,12 @@ from importlib import resources
 from pathlib import Path
 
 import asyncpg
+from opentelemetry import trace
 
 from optionfeed.store.errors import MigrationError
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 # pg_advisory_lock key held while migrating (any constant unique to optionfeed).
 MIGRATION_LOCK_KEY = 0x6F70_7466_6D69_6772  # "optfmigr"
@@ -109,10 +111,25 @@ async def migrate(
     connection: asyncpg.Connection, migrations: list[Migration] | None = None
 ) -> list[Migration]:
     """Apply every pending migration; returns those applied by this call (often none)."""
+    with tracer.start_as_current_span("optionfeed.migrate") as span:
+        done = await _migrate(connection, migrations)
+        span.set_attributes(
+            {
+                "optionfeed.migrations.applied": len(done),
+                "optionfeed.migrations.versions": [m.version for m in done],
+            }
+        )
+        return done
+
+
+async def _migrate(
+    connection: asyncpg.Connection, migrations: list[Migration] | None
+) -> list[Migration]:
     pending_files = migrations if migrations is not None else load_migrations()
     got_lock = await connection.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY)
     if not got_lock:
         log.info("another process is migrating this database; waiting for it to finish")
+        trace.get_current_span().add_event("waiting for the migration lock")
         await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
         await connection.execute(SCHEMA_MIGRATIONS_DDL)

@@ -32,6 +32,7 @@ from operator import itemgetter
 from typing import Protocol
 
 import asyncpg
+from opentelemetry import trace
 
 from optionfeed.settings import mask_url
 from optionfeed.store import migrations, timescale
@@ -42,6 +43,7 @@ from optionfeed.store.records import rejected_row
 from optionfeed.store.tables import ALL, MS_PER_DAY, REJECTED, Row, Table
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 
 @dataclass(slots=True)
@@ -310,11 +312,29 @@ class PostgresSink:
                 for table, table_rows in rows.items():
                     if not table_rows:
                         continue
-                    started = time.perf_counter()
-                    await connection.copy_records_to_table(table.staging_name, records=table_rows)
-                    status = await connection.execute(self._merge_sql[table.name])
-                    inserted[table.name] = _inserted(status)
-                    durations[table.name] = time.perf_counter() - started
+                    with tracer.start_as_current_span(
+                        "optionfeed.flush.table",
+                        attributes={
+                            "db.collection.name": table.name,
+                            "optionfeed.rows": len(table_rows),
+                        },
+                    ) as span:
+                        started = time.perf_counter()
+                        await connection.copy_records_to_table(
+                            table.staging_name, records=table_rows
+                        )
+                        copied = time.perf_counter()
+                        status = await connection.execute(self._merge_sql[table.name])
+                        merged = time.perf_counter()
+                        inserted[table.name] = _inserted(status)
+                        durations[table.name] = merged - started
+                        span.set_attributes(
+                            {
+                                "optionfeed.rows.inserted": inserted[table.name],
+                                "optionfeed.copy.seconds": copied - started,
+                                "optionfeed.merge.seconds": merged - copied,
+                            }
+                        )
         return WriteResult(time.time(), inserted, durations)
 
     async def _isolate(self, connection: asyncpg.Connection, batch: Batch) -> WriteResult:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge
 
 from optionfeed.store.errors import BatchNotWritten, StoreError
@@ -46,6 +47,7 @@ from optionfeed.store.sink import Batch, WriteResult
 from optionfeed.store.tables import BY_NAME, Row, Table
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 HEADER = struct.Struct("<II")  # payload length, CRC-32 of the payload
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -281,6 +283,20 @@ class Spool:
         self._used = sum(s.size for s in segments)
 
     async def write(self, batch: Batch) -> WriteResult:
+        with tracer.start_as_current_span(
+            "optionfeed.spool.write",
+            attributes={"optionfeed.batch.seq": batch.seq, "optionfeed.batch.rows": batch.count},
+        ) as span:
+            result = await self._write(batch)
+            span.set_attributes(
+                {
+                    "optionfeed.spool.used_bytes": self._used,
+                    "optionfeed.spool.segments": len(self._segments),
+                }
+            )
+            return result
+
+    async def _write(self, batch: Batch) -> WriteResult:
         record = encode_batch(batch, self._codecs)
         async with self._lock:
             if self._used + len(record) > self.max_bytes:
@@ -313,10 +329,25 @@ class Spool:
         ``write`` raises (``BatchNotWritten``) when the database is still away; the segment then
         stays, and the next call starts it again from its beginning (writes are idempotent).
         """
+        if not self._segments:
+            return 0
+        # A span per segment; the batches' COPY and merge spans are its children.
+        with tracer.start_as_current_span("optionfeed.spool.replay") as span:
+            replayed = await self._replay(write)
+            span.set_attribute("optionfeed.spool.replayed_rows", replayed)
+            return replayed
+
+    async def _replay(self, write: Callable[[Batch], Any]) -> int:
         async with self._lock:
             if not self._segments:
                 return 0
             segment = self._segments[0]
+            trace.get_current_span().set_attributes(
+                {
+                    "optionfeed.spool.segment": segment.number,
+                    "optionfeed.spool.segment_bytes": segment.size,
+                }
+            )
             if segment is self._segments[-1]:
                 # Seal the segment that takes appends, so the replay reads a fixed file.
                 number = segment.number + 1

@@ -57,6 +57,7 @@ from operator import itemgetter
 from types import TracebackType
 from typing import Any, Protocol
 
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from optionfeed.backoff import Backoff
@@ -73,6 +74,7 @@ from optionfeed.store.sink import Batch, BatchSink, PostgresSink, WriteResult
 from optionfeed.store.tables import ALL, Row, Table
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 DEFAULT_BATCH_ROWS = 10_000
 DEFAULT_MAX_AGE = 0.25
@@ -407,6 +409,27 @@ class Writer:
         return batch
 
     async def _deliver(self, batch: Batch) -> None:
+        """Write one batch, traced: a span per flush, its tables' COPY and merge as children."""
+        with tracer.start_as_current_span(
+            "optionfeed.flush",
+            attributes={
+                "optionfeed.batch.seq": batch.seq,
+                "optionfeed.batch.rows": batch.count,
+                "optionfeed.batch.tables": sorted(batch.counts()),
+            },
+        ) as span:
+            failed, handed_on = self.stats.failed_attempts, self.stats.handed_on
+            await self._write_batch(batch)
+            span.set_attributes(
+                {
+                    "optionfeed.batch.failed_attempts": self.stats.failed_attempts - failed,
+                    "optionfeed.batch.outcome": (
+                        "spooled" if self.stats.handed_on != handed_on else "committed"
+                    ),
+                }
+            )
+
+    async def _write_batch(self, batch: Batch) -> None:
         backoff = Backoff(self._retry_base, self._retry_cap, self._rng)
         attempts = 0
         while True:
