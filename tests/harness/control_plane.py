@@ -26,7 +26,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TextIO
 
+from harness import builds
 from harness.processes import die_with_parent
 
 HARNESS_DIR = Path(__file__).resolve().parent
@@ -94,15 +94,7 @@ class ApiError(ControlPlaneError):
 
 def find_bin_dir() -> Path | None:
     """The cached bin dir if the build script says it is complete, else None (never builds)."""
-    result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--print-bin-dir"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        return None
-    return Path(result.stdout.strip().splitlines()[-1])
+    return builds.cached(BUILD_SCRIPT)
 
 
 def ensure_binaries(progress: TextIO | None = None) -> Path:
@@ -110,27 +102,10 @@ def ensure_binaries(progress: TextIO | None = None) -> Path:
 
     The build's progress lines go to `progress` (default: this process's stderr).
     """
-    cached = find_bin_dir()
-    if cached is not None:
-        return cached
-    out = progress if progress is not None else sys.stderr
-    with subprocess.Popen(
-        ["bash", str(BUILD_SCRIPT)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as build:
-        assert build.stdout is not None
-        lines: list[str] = []
-        for line in build.stdout:
-            lines.append(line)
-            out.write(line)
-            out.flush()
-        rc = build.wait()
-    if rc != 0:
-        tail = "".join(lines[-LOG_TAIL_LINES:])
-        raise ControlPlaneError(f"{BUILD_SCRIPT} failed with exit {rc}; last output:\n{tail}")
-    bin_dir = Path(lines[-1].strip())
+    try:
+        bin_dir = builds.ensure_built(BUILD_SCRIPT, progress=progress)
+    except builds.BuildFailed as exc:
+        raise ControlPlaneError(str(exc)) from exc
     if not (bin_dir / "kube-apiserver").exists():
         raise ControlPlaneError(f"{BUILD_SCRIPT} finished but {bin_dir} has no kube-apiserver")
     return bin_dir

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from harness import builds
 from harness.ports import free_port
 from harness.processes import die_with_parent
 
@@ -39,17 +39,10 @@ class ReceiverError(RuntimeError):
 
 def ensure_receiver() -> Path:
     """The receiver's binary, building it first when it is not cached (minutes when cold)."""
-    cached = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--print-bin"], capture_output=True, text=True, check=False
-    )
-    if cached.returncode == 0:
-        return Path(cached.stdout.strip().splitlines()[-1])
-    build = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=sys.stderr, text=True
-    )
-    if build.returncode != 0:
-        raise ReceiverError(f"{BUILD_SCRIPT} failed with exit {build.returncode}")
-    return Path(build.stdout.strip().splitlines()[-1])
+    try:
+        return builds.ensure_built(BUILD_SCRIPT, check_flag="--print-bin")
+    except builds.BuildFailed as exc:
+        raise ReceiverError(str(exc)) from exc
 
 
 def _value(value: Mapping[str, Any]) -> Any:

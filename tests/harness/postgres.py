@@ -15,7 +15,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -23,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from harness import builds
 from harness.ports import free_port
 
 DEFAULT_SETTINGS: dict[str, str] = {
@@ -59,9 +59,12 @@ def find_bindir() -> Path:
 TIMESCALEDB_BUILD_SCRIPT = Path(__file__).with_name("build-timescaledb.sh")
 
 # A server started from the TimescaleDB copy with these settings can create the extension.
+# Its background scheduler is off: the tests run the policies' jobs by hand (CALL run_job), and a
+# scheduled run of the same job at the same moment would make the test's run fail.
 TIMESCALEDB_SETTINGS: dict[str, str] = {
     "shared_preload_libraries": "timescaledb",
     "timescaledb.telemetry_level": "off",
+    "timescaledb.max_background_workers": "0",
 }
 
 
@@ -71,31 +74,10 @@ def timescaledb_bindir(progress: TextIO | None = None) -> Path:
     A cold build takes minutes (see build-timescaledb.sh); its progress lines go to ``progress``
     (default: this process's stderr).
     """
-    check = subprocess.run(
-        ["bash", str(TIMESCALEDB_BUILD_SCRIPT), "--print-bin-dir"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if check.returncode == 0:
-        return Path(check.stdout.strip().splitlines()[-1])
-    out = progress if progress is not None else sys.stderr
-    with subprocess.Popen(
-        ["bash", str(TIMESCALEDB_BUILD_SCRIPT)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as build:
-        assert build.stdout is not None
-        lines: list[str] = []
-        for line in build.stdout:
-            lines.append(line)
-            out.write(line)
-            out.flush()
-        rc = build.wait()
-    if rc != 0:
-        raise PostgresNotInstalled(f"building TimescaleDB failed:\n{''.join(lines[-20:])}")
-    return Path(lines[-1].strip())
+    try:
+        return builds.ensure_built(TIMESCALEDB_BUILD_SCRIPT, progress=progress)
+    except builds.BuildFailed as exc:
+        raise PostgresNotInstalled(f"building TimescaleDB failed: {exc}") from exc
 
 
 def _run_as() -> tuple[int, int] | None:

@@ -207,9 +207,14 @@ def test_tickers_have_the_keys_and_types_of_the_captured_ones(
     captured = shape_of(captured_notifications("ticker"))
     assert len(captured) == 23 + 4 + 5  # 23 keys, plus the keys of stats and greeks
     check(streamed["ticker"], captured, messages.Ticker, "ticker")
-    # The documented quirks show up: prices null or 0.0 on empty sides, null last_price.
+    # The documented quirks show up: prices null or 0.0 on empty sides, null last_price. Which of
+    # the sampled instruments have an empty side at this moment depends on the wall-clock market,
+    # so both forms are pinned by the market's unit test (test_the_quirks_of_real_data_appear);
+    # here, every empty side on the wire is one of the two.
     seen = shape_of(streamed["ticker"])
-    assert {"null", "number"} <= seen["best_bid_price"]
+    assert seen["best_bid_price"] <= {"null", "number"}
+    empty_bids = [t["best_bid_price"] for t in streamed["ticker"] if not t["best_bid_amount"]]
+    assert all(price in (None, 0.0) for price in empty_bids)
     assert "null" in seen["last_price"]
     assert "number" in seen["last_price"]
     assert {t["underlying_index"].split("-")[0] for t in streamed["ticker"]} >= {

@@ -1,0 +1,57 @@
+"""The cached builds the tests need: the control plane, TimescaleDB, the OTLP receiver.
+
+Each is a script beside this file that builds once, caches by version outside the work tree and
+prints what it built (a directory or a binary) as the last line of its standard output. Asked with
+its check flag, it prints the same path and exits 0 when the build is there, 1 when it is not,
+and never builds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import TextIO
+
+LOG_TAIL_LINES = 30
+
+
+class BuildFailed(RuntimeError):
+    """A build script failed; the message carries the tail of its output."""
+
+
+def cached(script: Path, check_flag: str = "--print-bin-dir") -> Path | None:
+    """What ``script`` built, when it is already there; None otherwise (never builds)."""
+    result = subprocess.run(
+        ["bash", str(script), check_flag], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        return None
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def ensure_built(
+    script: Path, check_flag: str = "--print-bin-dir", progress: TextIO | None = None
+) -> Path:
+    """What ``script`` built, running it first when needed (minutes when cold).
+
+    Its progress lines go to ``progress`` (default: this process's stderr) as they come.
+    """
+    found = cached(script, check_flag)
+    if found is not None:
+        return found
+    out = progress if progress is not None else sys.stderr
+    with subprocess.Popen(
+        ["bash", str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as build:
+        assert build.stdout is not None
+        lines: list[str] = []
+        for line in build.stdout:
+            lines.append(line)
+            out.write(line)
+            out.flush()
+        rc = build.wait()
+    if rc != 0 or not lines:
+        tail = "".join(lines[-LOG_TAIL_LINES:])
+        raise BuildFailed(f"{script} failed with exit {rc}; last output:\n{tail}")
+    return Path(lines[-1].strip())
