@@ -32,11 +32,15 @@ Measured on the 2-core machine (both architectures, smoke runs included), 2026-1
 - cold (empty Debian and wheel caches): 32 s; downloads 17-18 MB of Debian packages per
   architecture and the wheels (uv's cache grows by 77 MB). Per architecture: mmdebstrap 6 s (most
   of it apt's package lists, fetched every run), wheels 2.5 s, layers 5 s, smoke run 2-3 s.
-- inputs changed, caches warm (a commit to the code): 32-36 s; the same steps without downloads.
+- inputs changed, caches warm (a commit to the code): 32-36 s; 39-51 s while other builds kept
+  the load at 3.
 - nothing changed: under 1 s for `make image` (the inputs' hash matches).
+- two builds from the same inputs give the same archives, byte for byte.
 - archives (compressed = the file; layers base/deps/app):
   amd64 36.5 MB (113.6 MB unpacked: 23.0/64.7, 12.7/46.7, 0.7/2.1 MB),
   arm64 36.0 MB (128.0 MB unpacked: 22.6/77.2, 12.6/48.7, 0.7/2.1 MB).
+- image/Containerfile built by buildah 1.28 from a bookworm base (TARGETARCH amd64, and arm64 from
+  an amd64 build stage) holds the same files, modes and owners as these archives.
 """
 
 from __future__ import annotations
@@ -317,8 +321,15 @@ def _remove(path: Path) -> None:
 def _prune(dest: Path) -> None:
     for rel in PRUNE:
         shutil.rmtree(dest / rel, ignore_errors=True)
-    for entry in (dest / "dev").iterdir():  # the runtime provides /dev
-        _remove(entry)
+    # The runtime mounts these; mmdebstrap makes device nodes only where it may (not in a
+    # container build), so the layer holds the empty mount points either way.
+    for mount_point in ("dev", "proc", "sys"):
+        folder = dest / mount_point
+        if folder.exists():
+            for entry in folder.iterdir():
+                _remove(entry)
+        else:
+            folder.mkdir(mode=0o755)
     for doc in (dest / "usr/share/doc").glob("*"):
         if doc.is_dir() and not doc.is_symlink():
             for item in doc.iterdir():
@@ -344,6 +355,9 @@ def _configure(dest: Path) -> None:
     (dest / "etc/nsswitch.conf").write_text("passwd: files\ngroup: files\nhosts: files dns\n")
     (dest / HOME.lstrip("/")).mkdir(parents=True, exist_ok=True)
     (dest / "tmp").chmod(0o1777)
+    # mmdebstrap copies these from the build machine; the runtime provides its own.
+    for name in ("hostname", "resolv.conf"):
+        (dest / "etc" / name).unlink(missing_ok=True)
 
 
 def export_requirements(uv: str, out: Path) -> None:
@@ -397,22 +411,38 @@ INSTALL_RECORDS = ("direct_url.json", "uv_cache.json")
 
 
 def _drop_install_records(dist_info: Path) -> None:
+    """Remove those files, and the console scripts removed above, from the RECORD too."""
     names = {f"{dist_info.name}/{name}" for name in INSTALL_RECORDS}
     for name in INSTALL_RECORDS:
         (dist_info / name).unlink(missing_ok=True)
     record = dist_info / "RECORD"
     if record.exists():
         lines = record.read_text().splitlines(keepends=True)
-        record.write_text("".join(ln for ln in lines if ln.split(",", 1)[0] not in names))
+        kept = [
+            line
+            for line in lines
+            if (path := line.split(",", 1)[0]) not in names and not path.startswith("bin/")
+        ]
+        record.write_text("".join(kept))
+
+
+def _compiler() -> str:
+    """A Python of the image's version to byte-compile with: Debian's own when this is Debian
+    (the same compiler as the image's, so make image and the Containerfile write the same
+    bytes), else the one running this script."""
+    debian = Path(f"/usr/bin/python{PYTHON_VERSION}")
+    if debian.exists():
+        return str(debian)
+    if sys.version_info[:2] != tuple(int(p) for p in PYTHON_VERSION.split(".")):
+        raise BuildError(f"byte-compiling for Python {PYTHON_VERSION} needs that version here")
+    return sys.executable
 
 
 def compile_python(layer: Path, rel: str) -> None:
     """Byte-compile ahead of time: nothing can be written at run time, and startup stays fast.
     unchecked-hash .pyc files hold no timestamp, so the layer is reproducible."""
-    if sys.version_info[:2] != tuple(int(p) for p in PYTHON_VERSION.split(".")):
-        raise BuildError(f"byte-compiling for Python {PYTHON_VERSION} needs that version here")
     run(
-        sys.executable,
+        _compiler(),
         "-m",
         "compileall",
         "-q",

@@ -125,6 +125,18 @@ def test_layers_hold_debian_then_the_locked_dependencies_then_optionfeed(archive
     assert "usr/lib/python3.11/asyncio/__pycache__/events.cpython-311.pyc" in names[0]
 
 
+def test_nothing_of_the_build_machine_is_in_the_image(archive: Archive):
+    names = {member.name: member for _, member in archive.layer_members()}
+    # The runtime provides these; a copy would carry the build machine's name and resolver.
+    assert "etc/hostname" not in names
+    assert "etc/resolv.conf" not in names
+    for mount_point in ("dev", "proc", "sys"):
+        assert names[mount_point].isdir()
+        assert not any(name.startswith(mount_point + "/") for name in names), mount_point
+    for name in names:
+        assert "optionfeed-image-" not in name, name  # a temporary folder of the build
+
+
 def test_the_spool_volume_mounts_inside_the_users_home(archive: Archive):
     # In a pod the spool is a volume; without one (docker run) it is still the user's to write.
     assert SPOOL_DIR.startswith(archive.config["config"]["WorkingDir"] + "/")
