@@ -23,6 +23,9 @@ Usage:
         unpack an archive and run ``optionfeed --version`` in it as the image's user (under
         qemu-user-static for a foreign architecture)
 
+OPTIONFEED_IMAGE_REVISION (e.g. a commit id) sets the org.opencontainers.image.revision label; it
+is left out otherwise, so that a commit that changes no input leaves the archives as they are.
+
 Debian packages are cached under ${OPTIONFEED_CACHE:-~/.cache/optionfeed}/image/debs/<arch>/ and
 wheels in uv's cache. The layers are reproducible: sorted entries, owner root (the data folder
 belongs to the image's user), every mtime at SOURCE_DATE_EPOCH (default: the time of the last
