@@ -16,7 +16,8 @@ docker/buildx build holds the same files as ``make image``.
 Usage:
     build.py [--arch amd64,arm64] [--out build/image] [--force] [--no-smoke]
         the OCI archives build/image/optionfeed-<version>-<arch>.oci.tar (``make image``); a no-op
-        when an archive was built from the same inputs (their hash is in build/image/*.inputs)
+        when an archive was built from the same inputs (their hash is in build/image/*.inputs).
+        Debian's updates are not inputs: --force picks them up.
     build.py layers --arch ARCH DIR
         only the three layer folders DIR/base, DIR/deps, DIR/app (the Containerfile's build stage)
     build.py smoke ARCHIVE
