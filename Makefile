@@ -1,6 +1,7 @@
 # Every target installs what it needs first, so each works on a fresh machine.
 #   make run    record the ETH top 50 (ticker + trades) from Deribit into an embedded PostgreSQL
-#   make test   unit, integration (PostgreSQL, TimescaleDB + simulator) and Kubernetes (real control plane) tests
+#   make test   unit, integration (PostgreSQL, TimescaleDB + simulator), Kubernetes (real control plane) and image (containerd) tests
+#   make image  the container image as OCI archives, build/image/optionfeed-<version>-{amd64,arm64}.oci.tar
 #   make demo   simulator + collector + embedded PostgreSQL, no network needed
 #   make bench  benchmarks: print figures and the commands that made them
 #   make drills the failure drills at full length
@@ -16,14 +17,14 @@ RUN := $(UV) run --frozen --no-sync
 
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run test demo bench drills lint format postgres timescaledb prometheus k8s otel-receiver dashboard clean
+.PHONY: setup run test demo bench drills lint format postgres timescaledb prometheus k8s otel-receiver image containerd dashboard clean
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv
 
 $(SYNCED): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --all-extras
 	@touch $@
 
 setup: $(SYNCED)
@@ -50,13 +51,22 @@ k8s:
 otel-receiver:
 	@tests/harness/build-otel-receiver.sh
 
+# The image for linux/amd64 and linux/arm64 from Debian's packages and the locked wheels, with no
+# container engine (image/build.py, as root); a no-op when its inputs have not changed.
+image: setup
+	UV=$(UV) $(RUN) python image/build.py $(IMAGE_ARGS)
+
+# containerd and runc (Debian's packages) for the image tests, which start their own containerd.
+containerd:
+	@tests/harness/ensure-containerd.sh
+
 run: setup
 	$(RUN) optionfeed collect --currency ETH --top 50 --channels ticker,trades
 
 demo: setup
 	$(RUN) optionfeed demo $(if $(DURATION),--duration $(DURATION))
 
-test: setup postgres timescaledb prometheus k8s otel-receiver
+test: setup postgres timescaledb prometheus k8s otel-receiver image containerd
 	$(RUN) pytest $(PYTEST_ARGS)
 
 drills: setup postgres
