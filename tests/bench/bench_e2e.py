@@ -97,8 +97,9 @@ from harness.postgres import TempPostgres  # noqa: E402
 from harness.processes import die_with_parent  # noqa: E402
 from harness.simulator import SimulatorProcess  # noqa: E402
 from optionfeed.demo.progress import Buckets, bucket_delta, histogram_quantile  # noqa: E402
+from optionfeed.store import tables  # noqa: E402
 
-TABLE_OF = {"ticker": "option_tickers", "trades": "option_trades", "book": "option_book"}
+TABLE_OF = {family: table.name for family, table in tables.BY_FAMILY.items()}
 FIRST_GUESS_MSGS_PER_EVENT = 1.95
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

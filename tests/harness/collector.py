@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 
 from optionfeed.collector.app import Collector, CollectorConfig
+from optionfeed.store import tables
 
 
 def assignment_doc(
@@ -200,12 +201,7 @@ class CollectorProcess:
 
 # ------------------------------------------------------------------ ledger vs database
 
-TABLE_OF = {
-    "ticker": "option_tickers",
-    "trades": "option_trades",
-    "book": "option_book",
-    "quote": "option_quotes",
-}
+TABLE_OF = {family: table.name for family, table in tables.BY_FAMILY.items()}
 
 
 def sent_per_instrument(ledger: dict[str, Any], family: str) -> dict[str, int]:

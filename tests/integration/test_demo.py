@@ -23,11 +23,12 @@ import asyncpg
 import pytest
 
 from optionfeed.demo.exchange import ExchangeError, SimulatedExchange
+from optionfeed.store import tables
 from optionfeed.store.embedded import EmbeddedPostgres
 
 pytestmark = pytest.mark.slow
 
-TABLES = ("option_tickers", "option_quotes", "option_trades", "option_book")
+TABLES = tuple(table.name for table in tables.BY_FAMILY.values())
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 

@@ -350,7 +350,7 @@ class GapRecorder(Events, Observer):
             gap.seq_from = low if gap.seq_from is None else min(gap.seq_from, low)
             gap.seq_to = high if gap.seq_to is None else max(gap.seq_to, high)
         self.recovered_trades += count
-        self._metrics.backfilled_rows_total.labels("option_trades").inc(count)
+        self._metrics.backfilled_rows_total.labels(tables.TRADES.name).inc(count)
         self.record(gap, opened=not gap.announced)
 
     def silent(self) -> dict[str, int]:

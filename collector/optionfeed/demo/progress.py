@@ -16,8 +16,9 @@ from typing import Any
 from optionfeed.report.columns import number, render_table
 from optionfeed.report.model import Report
 from optionfeed.report.window import format_seconds
+from optionfeed.store import tables
 
-TABLES = ("option_tickers", "option_quotes", "option_trades", "option_book")
+TABLES = tuple(table.name for table in tables.BY_FAMILY.values())
 
 Buckets = tuple[tuple[float, float], ...]  # cumulative (upper bound, count), ending at +Inf
 

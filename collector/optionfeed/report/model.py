@@ -24,14 +24,10 @@ from typing import Any
 
 from optionfeed.deribit.instruments import InvalidInstrumentName, parse_option_name
 from optionfeed.report.window import Window
+from optionfeed.store import tables
 
-FAMILIES: tuple[str, ...] = ("ticker", "quote", "trades", "book")
-TABLE_OF: dict[str, str] = {
-    "ticker": "option_tickers",
-    "quote": "option_quotes",
-    "trades": "option_trades",
-    "book": "option_book",
-}
+FAMILIES: tuple[str, ...] = tables.FAMILIES
+TABLE_OF: dict[str, str] = {family: table.name for family, table in tables.BY_FAMILY.items()}
 # A collector writes its heartbeat every 15 s; four missed ones and it no longer looks alive.
 ALIVE_WITHIN = 60.0
 TIME_SLACK = 2.0

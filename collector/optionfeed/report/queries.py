@@ -33,15 +33,10 @@ from optionfeed.report.model import (
     TradeSpan,
 )
 from optionfeed.report.window import Window
+from optionfeed.store import tables
 
-REQUIRED_TABLES = (
-    "option_tickers",
-    "option_quotes",
-    "option_trades",
-    "option_book",
-    "data_gaps",
-    "collector_status",
-    "rejected_messages",
+REQUIRED_TABLES = tuple(
+    t.name for t in (*tables.BY_FAMILY.values(), tables.GAPS, tables.STATUS, tables.REJECTED)
 )
 
 # $1, $2: the window. The instrument filter, when given, is always $3.

@@ -78,13 +78,15 @@ class Table:
     ``ts``). ``partitioned`` tables are partitioned by day on ``ts``, which rows carry as epoch
     milliseconds at index ``ts_index``. For ``Conflict.UPDATE`` tables, ``newest`` names the column
     that picks the winner when one batch holds the same key twice, and ``keep`` maps a column to
-    the expression it is updated with instead of the incoming value.
+    the expression it is updated with instead of the incoming value. ``family`` names the channel
+    family whose notifications the table holds (``ticker``, ``trades``...), for market-data tables.
     """
 
     name: str
     columns: tuple[Column, ...]
     key: tuple[str, ...]
     partitioned: bool = False
+    family: str | None = None
     conflict: Conflict = Conflict.NOTHING
     newest: str | None = None
     keep: Mapping[str, str] = field(default_factory=dict)
@@ -228,6 +230,7 @@ TICKERS = Table(
     ),
     key=("instrument", "ts"),
     partitioned=True,
+    family="ticker",
 )
 
 QUOTES = Table(
@@ -242,6 +245,7 @@ QUOTES = Table(
     ),
     key=("instrument", "ts"),
     partitioned=True,
+    family="quote",
 )
 
 TRADES = Table(
@@ -268,6 +272,7 @@ TRADES = Table(
     ),
     key=("instrument", "trade_id", "ts"),
     partitioned=True,
+    family="trades",
 )
 
 BOOK = Table(
@@ -283,6 +288,7 @@ BOOK = Table(
     ),
     key=("instrument", "change_id", "ts"),
     partitioned=True,
+    family="book",
 )
 
 INSTRUMENTS = Table(
@@ -395,6 +401,9 @@ REJECTED = Table(
 ALL: tuple[Table, ...] = (TICKERS, QUOTES, TRADES, BOOK, INSTRUMENTS, GAPS, STATUS, REJECTED)
 BY_NAME: dict[str, Table] = {t.name: t for t in ALL}
 TIME_TABLES: tuple[Table, ...] = tuple(t for t in ALL if t.partitioned)
+# The market-data tables by channel family, in the order reports and summaries show them.
+BY_FAMILY: dict[str, Table] = {t.family: t for t in ALL if t.family is not None}
+FAMILIES: tuple[str, ...] = tuple(BY_FAMILY)
 
 
 def index_of(table: Table, column: str) -> int:
