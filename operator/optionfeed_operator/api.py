@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
 
 from optionfeed.deribit.channels import FEED_CHANNELS, Interval
+from optionfeed.deribit.exchange import DEFAULT_EXCHANGE_URL, OPTION_CURRENCIES
 from optionfeed.deribit.ranking import RankBy
 
 GROUP = "optionfeed.io"
@@ -35,10 +36,9 @@ PLURAL = "optionfeeds"
 FIELD_MANAGER = "optionfeed-operator"
 COMPONENT = "optionfeed-collector"
 
-DEFAULT_EXCHANGE_URL = "wss://www.deribit.com/ws/api/v2"
 DEFAULT_CHANNELS: tuple[str, ...] = ("ticker", "trades")
 DEFAULT_REFRESH_INTERVAL = "5m"
-CURRENCIES = ("BTC", "ETH", "USDC")
+CURRENCIES = OPTION_CURRENCIES
 
 # A feed's name goes into label values (at most 63 characters) and into `<feed>-shard-<i>`.
 MAX_FEED_NAME_LENGTH = 52

@@ -56,6 +56,7 @@ from optionfeed.collector.pacing import RequestPacer
 from optionfeed.collector.router import Router
 from optionfeed.deribit import channels as ch
 from optionfeed.deribit.errors import ExchangeUnreachable, ProtocolError, RpcError
+from optionfeed.deribit.exchange import DEFAULT_EXCHANGE_URL
 from optionfeed.deribit.messages import Instrument
 from optionfeed.deribit.ranking import RankBy
 from optionfeed.deribit.rest import RestClient, fetch_ranking
@@ -74,7 +75,6 @@ from optionfeed.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
-DEFAULT_EXCHANGE_URL = "wss://www.deribit.com/ws/api/v2"
 GET_INSTRUMENTS = "public/get_instruments"
 
 

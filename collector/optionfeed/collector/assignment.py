@@ -27,11 +27,12 @@ from typing import Any
 import orjson
 
 from optionfeed.deribit.channels import FEED_CHANNELS, Interval, feed_channel
+from optionfeed.deribit.exchange import OPTION_CURRENCIES
 from optionfeed.deribit.instruments import is_option_name
 
 log = logging.getLogger(__name__)
 
-CURRENCIES = ("BTC", "ETH", "USDC")
+CURRENCIES = OPTION_CURRENCIES
 
 
 class InvalidAssignment(ValueError):

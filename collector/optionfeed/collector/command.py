@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from optionfeed.deribit.exchange import DEFAULT_EXCHANGE_URL, OPTION_CURRENCIES
 from optionfeed.settings import add_option, port_number, positive_float
 from optionfeed.store.command import add_timescale_arguments, timescale_settings
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CURRENCIES = ("BTC", "ETH", "USDC")
+CURRENCIES = OPTION_CURRENCIES
 
 
 def channel_list(text: str) -> tuple[str, ...]:
@@ -101,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_option(
         where,
         "--exchange-url",
-        default="wss://www.deribit.com/ws/api/v2",
+        default=DEFAULT_EXCHANGE_URL,
         metavar="URL",
         help="Deribit WebSocket endpoint (REST is derived from it)",
     )
