@@ -1,6 +1,7 @@
 # Every target installs what it needs first, so each works on a fresh machine.
 #   make run    record the ETH top 50 (ticker + trades) from Deribit into an embedded PostgreSQL
-#   make test   unit, integration (PostgreSQL, TimescaleDB + simulator) and Kubernetes (real control plane) tests
+#   make test   unit, integration (PostgreSQL, TimescaleDB + simulator), Kubernetes (real control plane)
+#               and node (a real kubelet running the project's pods) tests
 #   make demo   simulator + collector + embedded PostgreSQL, no network needed
 #   make bench  benchmarks: print figures and the commands that made them
 #   make drills the failure drills at full length
@@ -16,7 +17,7 @@ RUN := $(UV) run --frozen --no-sync
 
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run test demo bench drills lint format postgres timescaledb k8s clean
+.PHONY: setup run test demo bench drills lint format postgres timescaledb k8s node clean
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -41,13 +42,19 @@ timescaledb: postgres
 k8s:
 	@tests/harness/build-control-plane.sh
 
+# A real node for tests/node: Debian's containerd, runc and CNI plugins (installed when missing),
+# the kubelet and a pause image (built and cached beside the control plane).
+node: k8s
+	@tests/harness/ensure-node.sh
+	@tests/harness/build-node.sh >/dev/null
+
 run: setup
 	$(RUN) optionfeed collect --currency ETH --top 50 --channels ticker,trades
 
 demo: setup
 	$(RUN) optionfeed demo $(if $(DURATION),--duration $(DURATION))
 
-test: setup postgres timescaledb k8s
+test: setup postgres timescaledb k8s node
 	$(RUN) pytest $(PYTEST_ARGS)
 
 drills: setup postgres
