@@ -1,7 +1,8 @@
 # Every target installs what it needs first, so each works on a fresh machine.
 #   make run    record the ETH top 50 (ticker + trades) from Deribit into an embedded PostgreSQL
-#   make test   unit, integration (PostgreSQL, TimescaleDB + simulator), Kubernetes (real control plane)
-#               and node (a real kubelet running the project's pods) tests
+#   make test   unit, integration (PostgreSQL, TimescaleDB + simulator), Kubernetes (real control plane),
+#               image (containerd) and node (a real kubelet running the image's pods) tests
+#   make image  the container image as OCI archives, build/image/optionfeed-<version>-{amd64,arm64}.oci.tar
 #   make demo   simulator + collector + embedded PostgreSQL, no network needed
 #   make bench  benchmarks: print figures and the commands that made them
 #   make drills the failure drills at full length
@@ -17,14 +18,14 @@ RUN := $(UV) run --frozen --no-sync
 
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run test demo bench drills lint format postgres timescaledb k8s node clean
+.PHONY: setup run test demo bench drills lint format postgres timescaledb k8s image containerd node clean
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv
 
 $(SYNCED): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --all-extras
 	@touch $@
 
 setup: $(SYNCED)
@@ -42,9 +43,18 @@ timescaledb: postgres
 k8s:
 	@tests/harness/build-control-plane.sh
 
-# A real node for tests/node: Debian's containerd, runc and CNI plugins (installed when missing),
-# the kubelet and a pause image (built and cached beside the control plane).
-node: k8s
+# The image for linux/amd64 and linux/arm64 from Debian's packages and the locked wheels, with no
+# container engine (image/build.py, as root); a no-op when its inputs have not changed.
+image: setup
+	UV=$(UV) $(RUN) python image/build.py $(IMAGE_ARGS)
+
+# containerd and runc (Debian's packages) for the image tests, which start their own containerd.
+containerd:
+	@tests/harness/ensure-containerd.sh
+
+# A real node for tests/node, whose pods run the image: Debian's containerd, runc and CNI plugins
+# (installed when missing), the kubelet and a pause image (built and cached beside the control plane).
+node: k8s image
 	@tests/harness/ensure-node.sh
 	@tests/harness/build-node.sh >/dev/null
 
@@ -54,7 +64,7 @@ run: setup
 demo: setup
 	$(RUN) optionfeed demo $(if $(DURATION),--duration $(DURATION))
 
-test: setup postgres timescaledb k8s node
+test: setup postgres timescaledb k8s image containerd node
 	$(RUN) pytest $(PYTEST_ARGS)
 
 drills: setup postgres

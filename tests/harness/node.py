@@ -492,17 +492,22 @@ class Node:
                     for knob in ("cpuset.cpus", "cpuset.mems"):
                         (target / knob).write_text((hierarchy / knob).read_text())
 
-    def _remember_netns(self) -> None:
-        """The network namespaces of our sandboxes, so that any the kubelet did not remove
-        (a kubelet that died) are removed after containerd stops."""
+    def sandbox_netns(self) -> set[str]:
+        """The network namespace paths of the node's pod sandboxes (containerd's view)."""
+        found: set[str] = set()
         if self._dir is None or not self.socket.exists():
-            return
+            return found
         with contextlib.suppress(ControlPlaneError, subprocess.TimeoutExpired):
             for cid in self.ctr("containers", "ls", "-q", timeout=30).stdout.split():
                 info = json.loads(self.ctr("containers", "info", cid, timeout=30).stdout)
                 for ns in info.get("Spec", {}).get("linux", {}).get("namespaces", []):
                     if ns.get("type") == "network" and ns.get("path"):
-                        self._netns.add(ns["path"])
+                        found.add(ns["path"])
+        return found
+
+    def _remember_netns(self) -> None:
+        # Any the kubelet did not remove (a kubelet that died) go after containerd stops.
+        self._netns |= self.sandbox_netns()
 
     def _kill_leftover_tasks(self) -> None:
         with contextlib.suppress(ControlPlaneError, subprocess.TimeoutExpired):
@@ -538,6 +543,13 @@ class Node:
             with contextlib.suppress(OSError):
                 Path("/proc/sys", *key.split(".")).write_text(value)
         self._sysctls.clear()
+        # The kubelet also makes its root in hierarchies we did not (cgroup v2's "unified").
+        if self.index is not None:
+            self._cgroup_dirs += [
+                p
+                for p in CGROUP_ROOT.glob(f"*/optionfeed-{self.index}")
+                if p not in self._cgroup_dirs
+            ]
         for top in reversed(self._cgroup_dirs):
             # Children first: a cgroup directory can only go once it has none.
             for sub in sorted(

@@ -1,11 +1,12 @@
 """Fixtures for the node tier: a control plane with one real kubelet node (containerd, runc, a
-CNI bridge), started once per session, with the project's images imported.
+CNI bridge), started once per session, with the images its pods run imported.
 
 What is missing is installed or built once after collection, outside any test, with its
 progress shown: Debian's containerd/runc/CNI plugins, the control plane and kubelet (cached by
-version), the pause image, and the images the pods run. The optionfeed image is the archive
-`make image` writes (build/image/optionfeed-<version>-<arch>.oci.tar); PostgreSQL's is assembled
-from this machine's server binaries, as no registry is reachable here.
+version) and the pause image. The optionfeed image is the archive `make image` writes
+(build/image/optionfeed-<version>-<arch>.oci.tar, a dependency of `make test`); PostgreSQL's is
+assembled from this machine's server binaries (build-postgres-image.sh), as no registry is
+reachable here.
 """
 
 from __future__ import annotations
@@ -21,18 +22,19 @@ from pathlib import Path
 import pytest
 
 from harness.node import Node, ensure_node_components
+from harness.oci import archive_path
 from node.stack import FIGURES, NodeCluster
 
 NODE_TESTS_DIR = Path(__file__).resolve().parent
 REPO = NODE_TESTS_DIR.parents[1]
-HOST_IMAGES = REPO / "tests" / "harness" / "build-host-images.sh"
-BUILD_DIR = REPO / "build"
+POSTGRES_SCRIPT = REPO / "tests" / "harness" / "build-postgres-image.sh"
+POSTGRES_ARCHIVE = REPO / "build" / "node" / "postgres.oci.tar"
 # The names pods use; each archive is tagged with its name after import.
 OPTIONFEED_IMAGE = "localhost/optionfeed:node-test"
 POSTGRES_IMAGE = "localhost/optionfeed-postgres:node-test"
 
 
-def _arch() -> str:
+def arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 
 
@@ -43,30 +45,22 @@ def version() -> str:
     return match.group(1)
 
 
-def optionfeed_archive() -> Path:
-    """The image `make image` built; without one (a tree where `make image` does not exist
-    yet), an image assembled from this machine's Python (build-host-images.sh)."""
-    made = BUILD_DIR / "image" / f"optionfeed-{version()}-{_arch()}.oci.tar"
-    if made.exists():
-        return made
-    return BUILD_DIR / "node" / "optionfeed-host.oci.tar"
-
-
-def postgres_archive() -> Path:
-    return BUILD_DIR / "node" / "postgres-host.oci.tar"
-
-
-def _build_host_image(kind: str, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"node tier: assembling the {kind} image into {out}", file=sys.stderr, flush=True)
-    subprocess.run(["bash", str(HOST_IMAGES), kind, str(out), f"localhost/{kind}:host"], check=True)
+def _postgres_image_current() -> bool:
+    if not POSTGRES_ARCHIVE.exists():
+        return False
+    built = POSTGRES_ARCHIVE.stat().st_mtime
+    sources = [POSTGRES_SCRIPT, *Path("/usr/lib/postgresql").glob("*/bin/postgres")]
+    return all(p.stat().st_mtime < built for p in sources)
 
 
 def _prepare() -> None:
     ensure_node_components()
-    if not optionfeed_archive().exists() or optionfeed_archive().parent.name == "node":
-        _build_host_image("optionfeed", optionfeed_archive())
-    _build_host_image("postgres", postgres_archive())
+    if not _postgres_image_current():
+        POSTGRES_ARCHIVE.parent.mkdir(parents=True, exist_ok=True)
+        print(f"node tier: assembling {POSTGRES_ARCHIVE}", file=sys.stderr, flush=True)
+        subprocess.run(
+            ["bash", str(POSTGRES_SCRIPT), str(POSTGRES_ARCHIVE), POSTGRES_IMAGE], check=True
+        )
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -86,8 +80,8 @@ def node_cluster() -> Iterator[NodeCluster]:
     """etcd, kube-apiserver, controller manager, scheduler and one real kubelet node."""
     with Node() as node:
         for archive, name in (
-            (optionfeed_archive(), OPTIONFEED_IMAGE),
-            (postgres_archive(), POSTGRES_IMAGE),
+            (archive_path(arch()), OPTIONFEED_IMAGE),
+            (POSTGRES_ARCHIVE, POSTGRES_IMAGE),
         ):
             imported = node.import_image(archive)
             if name not in imported:

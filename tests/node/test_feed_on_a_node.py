@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,22 @@ OPERATOR_SA = f"{RELEASE}-operator"
 NAMESPACE = "market-data"
 FEED = "eth"
 DB_SECRET = "optionfeed-db"
-COLLECTOR_SELECTOR = f"optionfeed.io/feed={FEED}"
 TOP_N = 12
 # ETH only, ranked by open interest (slow to change, so re-ranks keep the selection): at 600
 # events/s each of the top instruments gets tickers every second and trades every few.
-SIMULATOR_ARGS = ("--rate", "600", "--currencies", "ETH")
+SIMULATOR_RATE = 600
+SIMULATOR_ARGS = ("--rate", str(SIMULATOR_RATE), "--currencies", "ETH")
+SIMULATOR_CLIENT_ID = "optionfeed-sim"
+SIMULATOR_CLIENT_SECRET = "optionfeed-sim-secret"
 RECORD_SECONDS = 10.0
-# The load check: the rate, how long, and the collectors' memory limit while it runs.
-LOAD_RATE = 4000.0
+# The load check: a second feed, the simulator's rate (market events/s; about two notifications
+# each when every option is subscribed), how long, and the collector's memory limit.
+LOAD_FEED = "load"
+# The simulator's rate while a collector pod is deleted.
+DELETION_RATE = 3000
+LOAD_RATE = 2000.0
 LOAD_SECONDS = 30.0
+LOAD_LIMIT_BYTES = 256 * 2**20
 COLLECTOR_RESOURCES = {
     "requests": {"cpu": "50m", "memory": "96Mi"},
     "limits": {"memory": "256Mi"},
@@ -164,8 +172,8 @@ def ready_operator_pod(cluster: NodeCluster) -> dict[str, Any] | None:
 # --- helpers --------------------------------------------------------------------------------
 
 
-def feed(cluster: NodeCluster) -> dict[str, Any]:
-    return cluster.get("optionfeed", FEED, "-n", NAMESPACE)
+def feed(cluster: NodeCluster, name: str = FEED) -> dict[str, Any]:
+    return cluster.get("optionfeed", name, "-n", NAMESPACE)
 
 
 def condition(obj: dict[str, Any], kind: str) -> str | None:
@@ -179,13 +187,13 @@ def condition(obj: dict[str, Any], kind: str) -> str | None:
     return None
 
 
-def collector_pods(cluster: NodeCluster) -> list[dict[str, Any]]:
-    return cluster.pods(NAMESPACE, COLLECTOR_SELECTOR)
+def collector_pods(cluster: NodeCluster, name: str = FEED) -> list[dict[str, Any]]:
+    return cluster.pods(NAMESPACE, f"optionfeed.io/feed={name}")
 
 
-def shard_deployments(cluster: NodeCluster) -> list[dict[str, Any]]:
+def shard_deployments(cluster: NodeCluster, name: str = FEED) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = cluster.get(
-        "deployments", "-n", NAMESPACE, "-l", COLLECTOR_SELECTOR
+        "deployments", "-n", NAMESPACE, "-l", f"optionfeed.io/feed={name}"
     )["items"]
     return sorted(items, key=lambda d: d["metadata"]["name"])
 
@@ -201,16 +209,17 @@ def rolled_out(deployment: dict[str, Any]) -> bool:
     )
 
 
-def feed_settled(cluster: NodeCluster, shards: int) -> bool:
+def feed_settled(cluster: NodeCluster, shards: int, name: str = FEED) -> bool:
     """Every shard Deployment rolled out and Ready, the feed's status says so, no extra pods."""
-    deployments = shard_deployments(cluster)
+    deployments = shard_deployments(cluster, name)
     if len(deployments) != shards or not all(rolled_out(d) for d in deployments):
         return False
-    live = [p for p in collector_pods(cluster) if not p["metadata"].get("deletionTimestamp")]
+    live = [p for p in collector_pods(cluster, name) if not p["metadata"].get("deletionTimestamp")]
     if len(live) != shards or not all(is_ready(p) for p in live):
         return False
-    status = feed(cluster).get("status", {})
-    return status.get("readyShards") == shards and condition(feed(cluster), "Ready") == "True"
+    current = feed(cluster, name)
+    ready = current.get("status", {}).get("readyShards") == shards
+    return ready and condition(current, "Ready") == "True"
 
 
 def assignment(cluster: NodeCluster) -> list[list[str]]:
@@ -231,10 +240,10 @@ def wait_collectors_gone(cluster: NodeCluster) -> None:
     wait_for("every collector pod gone", lambda: not collector_pods(cluster), timeout=120)
 
 
-def restarts(cluster: NodeCluster) -> dict[str, tuple[int, str | None]]:
+def restarts(cluster: NodeCluster, name: str = FEED) -> dict[str, tuple[int, str | None]]:
     """restartCount and the last termination reason of each collector pod."""
     out = {}
-    for pod in collector_pods(cluster):
+    for pod in collector_pods(cluster, name):
         for status in pod.get("status", {}).get("containerStatuses", []):
             last = status.get("lastState", {}).get("terminated", {}).get("reason")
             out[pod["metadata"]["name"]] = (int(status.get("restartCount", 0)), last)
@@ -397,8 +406,15 @@ def test_a_pod_template_change_rolls_each_shard_with_one_surge_pod(
     cluster.kubectl("patch", "optionfeed", FEED, "-n", NAMESPACE, "--type=merge", "-p", patch)
     most: dict[str, int] = {}
     fewest_ready: dict[str, int] = {}
+    # Per shard, the observation at which its new pod was first seen Ready and its old pod first
+    # seen terminating: readiness gates the roll when the first comes no later than the second.
+    new_ready: dict[str, int] = {}
+    old_stopping: dict[str, int] = {}
+    polls = 0
 
     def observe() -> bool:
+        nonlocal polls
+        polls += 1
         per_shard: dict[str, list[dict[str, Any]]] = {}
         for pod in collector_pods(cluster):
             if pod["status"].get("phase") in ("Succeeded", "Failed"):
@@ -410,6 +426,12 @@ def test_a_pod_template_change_rolls_each_shard_with_one_surge_pod(
                 1 for p in pods if is_ready(p) and not p["metadata"].get("deletionTimestamp")
             )
             fewest_ready[shard] = min(fewest_ready.get(shard, 9), ready)
+            for pod in pods:
+                if pod["metadata"]["name"] in old:
+                    if pod["metadata"].get("deletionTimestamp"):
+                        old_stopping.setdefault(shard, polls)
+                elif is_ready(pod):
+                    new_ready.setdefault(shard, polls)
         current = {p["metadata"]["name"] for p in collector_pods(cluster)}
         return not (current & old) and feed_settled(cluster, 3)
 
@@ -419,46 +441,97 @@ def test_a_pod_template_change_rolls_each_shard_with_one_surge_pod(
     assert min(fewest_ready.values()) >= 1, (
         f"a shard had no Ready pod during the roll: {fewest_ready}"
     )
+    for shard, stopping in old_stopping.items():
+        assert new_ready.get(shard, polls + 1) <= stopping, (
+            f"shard {shard}: the old pod stopped before the new one was Ready"
+        )
     for pod in collector_pods(cluster):
         assert pod["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "60m"
     FIGURES.append(
         f"roll of 3 shards (maxSurge 1, maxUnavailable 0): {elapsed:.1f}s, at most "
         f"{max(most.values())} pods per shard, never fewer than {min(fewest_ready.values())} "
-        "Ready"
+        "Ready, each old pod stopped only once its successor was Ready"
     )
 
 
 def test_the_memory_limit_holds_under_load(
     cluster: NodeCluster, operator: dict[str, Any], backends: Backends
 ) -> None:
+    # A feed of its own, into a database of its own: every ETH option, three channels, raw
+    # (one notification per market event, on authenticated connections) as the benchmark runs.
+    backends.query(f"CREATE DATABASE {LOAD_FEED}")
+    database_url = backends.database_url.rsplit("/", 1)[0] + f"/{LOAD_FEED}"
+    cluster.kubectl(
+        "create", "secret", "generic", f"{LOAD_FEED}-db", "-n", NAMESPACE,
+        f"--from-literal=url={database_url}",
+    )  # fmt: skip
+    cluster.kubectl(
+        "create", "secret", "generic", f"{LOAD_FEED}-credentials", "-n", NAMESPACE,
+        f"--from-literal=client_id={SIMULATOR_CLIENT_ID}",
+        f"--from-literal=client_secret={SIMULATOR_CLIENT_SECRET}",
+    )  # fmt: skip
+    manifest = {
+        "apiVersion": "optionfeed.io/v1alpha1",
+        "kind": "OptionFeed",
+        "metadata": {"name": LOAD_FEED, "namespace": NAMESPACE},
+        "spec": {
+            "currency": "ETH",
+            "channels": ["ticker", "trades", "book"],
+            "interval": "raw",
+            "credentialsSecretRef": {"name": f"{LOAD_FEED}-credentials"},
+            "database": {"secretRef": {"name": f"{LOAD_FEED}-db", "key": "url"}},
+            "exchange": {"url": backends.exchange_url},
+            "collector": {"resources": COLLECTOR_RESOURCES},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    wait_for(
+        "the load feed's shard Ready", lambda: feed_settled(cluster, 1, LOAD_FEED), timeout=180
+    )
+    (pod,) = collector_pods(cluster, LOAD_FEED)
+    metrics_url = f"http://{pod['status']['podIP']}:9464/metrics"
     http_json(f"{backends.simulator_url}/sim/market", {"rate": LOAD_RATE})
-    before = backends.ledger()["totals"]["notifications"]
+    before = received(metrics_url)
     started = time.monotonic()
-    peak: dict[str, int] = {}
+    peak = 0
 
     def load_done() -> bool:
-        # The pods' memory peaks (their cgroups' high-water marks) and restarts, all along.
-        for pod in collector_pods(cluster):
-            used = cluster.node.pod_memory_peak(pod["metadata"]["uid"])
-            if used is not None:
-                peak[pod["metadata"]["name"]] = used
-        state = restarts(cluster)
+        # The pod's memory high-water mark (its cgroup's, what the limit applies to) and its
+        # restarts, all along.
+        nonlocal peak
+        peak = max(peak, cluster.node.pod_memory_peak(pod["metadata"]["uid"]) or 0)
+        state = restarts(cluster, LOAD_FEED)
         assert all(n == 0 for n, _ in state.values()), state
         return time.monotonic() - started > LOAD_SECONDS
 
     try:
         wait_for(f"{LOAD_SECONDS:.0f}s of load", load_done, timeout=LOAD_SECONDS + 30)
+        rate = (received(metrics_url) - before) / (time.monotonic() - started)
     finally:
-        http_json(f"{backends.simulator_url}/sim/market", {"rate": 600})
-    sent = backends.ledger()["totals"]["notifications"] - before
-    state = restarts(cluster)
+        http_json(f"{backends.simulator_url}/sim/market", {"rate": SIMULATOR_RATE})
+    state = restarts(cluster, LOAD_FEED)
     assert all(n == 0 and reason != "OOMKilled" for n, reason in state.values()), state
-    assert len(peak) == 3, f"memory peaks of the 3 collector pods: {peak}"
-    assert max(peak.values()) < 256 * 2**20
+    assert rate > 1000, f"the load reached only {rate:.0f} msg/s"
+    assert 0 < peak < LOAD_LIMIT_BYTES
+    cluster.kubectl("delete", "optionfeed", LOAD_FEED, "-n", NAMESPACE, "--wait=true")
+    wait_for(
+        "the load feed's pods gone", lambda: not collector_pods(cluster, LOAD_FEED), timeout=120
+    )
     FIGURES.append(
-        f"load: {sent / LOAD_SECONDS:.0f} notifications/s for {LOAD_SECONDS:.0f}s, collector pod "
-        f"memory peak {max(peak.values()) / 2**20:.0f} MiB of a 256 MiB limit, "
-        "0 restarts, no OOMKill"
+        f"load: {rate:.0f} msg/s received for {LOAD_SECONDS:.0f}s (every ETH option, ticker + "
+        f"trades + book, raw), collector pod memory peak {peak / 2**20:.0f} MiB of a "
+        f"{LOAD_LIMIT_BYTES // 2**20} MiB limit, 0 restarts, no OOMKill"
+    )
+
+
+def received(metrics_url: str) -> float:
+    """The collector's optionfeed_messages_total, summed over channels."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("optionfeed_messages_total{")
     )
 
 
@@ -469,9 +542,13 @@ def test_deleting_a_collector_pod_loses_no_trade_and_no_stored_row(
         p for p in collector_pods(cluster) if p["metadata"]["labels"]["optionfeed.io/shard"] == "0"
     )
     name = victim["metadata"]["name"]
+    shard0 = assignment(cluster)[0]
+    # More trades, so that some are made while the shard has no pod reading.
+    http_json(f"{backends.simulator_url}/sim/market", {"rate": DELETION_RATE})
     before = backends.query("SELECT instrument, trade_id FROM option_trades")
     tickers_before = backends.query("SELECT count(*) AS n FROM option_tickers")[0]["n"]
     started = time.monotonic()
+    deleted_at = datetime.now(UTC)
     cluster.kubectl("delete", "pod", name, "-n", NAMESPACE, "--wait=false")
 
     def replaced() -> bool:
@@ -480,6 +557,7 @@ def test_deleting_a_collector_pod_loses_no_trade_and_no_stored_row(
 
     wait_for("the shard's new pod Ready", replaced, timeout=180)
     back_after = time.monotonic() - started
+    replaced_at = datetime.now(UTC)
     # Let the new pod record, then stop everything cleanly and check against the ledger.
     mark = backends.query("SELECT now() AS t")[0]["t"]
     wait_for(
@@ -495,7 +573,15 @@ def test_deleting_a_collector_pod_loses_no_trade_and_no_stored_row(
     instruments = {i for s in assignment(cluster) for i in s}
     suspend(cluster, True)
     wait_collectors_gone(cluster)
+    http_json(f"{backends.simulator_url}/sim/market", {"rate": SIMULATOR_RATE})
     ledger = backends.ledger()
+    in_gap = backends.query(
+        "SELECT count(*) AS n FROM option_trades"
+        " WHERE instrument = ANY($1) AND ts BETWEEN $2 AND $3",
+        shard0,
+        deleted_at,
+        replaced_at,
+    )[0]["n"]
     after = {(r["instrument"], r["trade_id"]) for r in backends.query(
         "SELECT instrument, trade_id FROM option_trades"
     )}  # fmt: skip
@@ -510,8 +596,10 @@ def test_deleting_a_collector_pod_loses_no_trade_and_no_stored_row(
     checked = assert_trades_complete(backends, ledger, instruments)
     FIGURES.append(
         f"kubectl delete pod {name}: replacement Ready {back_after:.1f}s later; "
-        f"{len(before)} trades stored before, all kept; {checked} trades over the whole run "
-        "checked: trade_seq complete up to the last one sent, per instrument"
+        f"{in_gap} trades of its {len(shard0)} instruments made between the deletion and the "
+        f"replacement's readiness are stored; {len(before)} trades stored before, all kept; "
+        f"{checked} trades over the whole run checked: trade_seq complete up to the last one "
+        "sent, per instrument"
     )
     suspend(cluster, False)
     wait_for("three Ready shards again", lambda: feed_settled(cluster, 3), timeout=180)

@@ -70,8 +70,8 @@ class EmbeddedPostgres:
                 import pgserver
         except ImportError as exc:
             raise EmbeddedPostgresError(
-                "the embedded PostgreSQL needs the 'pgserver' package; install it or give "
-                "--database-url"
+                "the embedded PostgreSQL needs the 'pgserver' package: install "
+                "'optionfeed[embedded]', or give --database-url (or DATABASE_URL)"
             ) from exc
         try:
             self.directory.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Makes sure containerd, ctr and runc are on this machine, installing Debian's packages when they
+# are not. The image tests start their own containerd (own root, state and socket); no system
+# service is started here.
+set -euo pipefail
+
+if command -v containerd >/dev/null && command -v ctr >/dev/null && command -v runc >/dev/null; then
+    exit 0
+fi
+echo "containerd/runc not found: installing Debian's containerd and runc packages" >&2
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO=sudo
+else
+    SUDO=
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends containerd runc >/dev/null
+# The package may start a system containerd; the tests use their own, so stop it.
+$SUDO service containerd stop >/dev/null 2>&1 || true
+command -v containerd >/dev/null && command -v ctr >/dev/null && command -v runc >/dev/null
