@@ -54,7 +54,7 @@ containerd:
 
 # A real node for tests/node, whose pods run the image: Debian's containerd, runc and CNI plugins
 # (installed when missing), the kubelet and a pause image (built and cached beside the control plane).
-node: k8s image
+node: k8s image containerd
 	@tests/harness/ensure-node.sh
 	@tests/harness/build-node.sh >/dev/null
 
