@@ -1,7 +1,8 @@
 """End to end on a real node, nothing faked: the chart installs the operator as a pod, PostgreSQL
 and the simulator run as pods, and an OptionFeed makes collector pods that record into the
-database. Then the feed is re-sharded, rolled, loses a pod and runs under load, and the chart is
-upgraded and uninstalled.
+database. Then the feed is re-sharded, rolled, runs under load, loses a pod, has a new pod held
+out of readiness while the exchange refuses its subscriptions, and the chart is upgraded and
+uninstalled.
 
 The tests of this module run in order on one feed (each step starts from the state the previous
 one left), as an operator of a real cluster would do them one after the other.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,6 +60,8 @@ RECORD_SECONDS = 10.0
 LOAD_FEED = "load"
 # The simulator's rate while a collector pod is deleted.
 DELETION_RATE = 3000
+# Subscribes the exchange refuses (rate limited) while a new collector pod starts.
+REFUSED_SUBSCRIBES = 3
 LOAD_RATE = 2000.0
 LOAD_SECONDS = 30.0
 LOAD_LIMIT_BYTES = 256 * 2**20
@@ -632,6 +636,62 @@ def check_after_deletion(
         f"{checked} trades over the whole run checked: trade_seq complete up to the last one "
         "sent, per instrument"
     )
+
+
+def test_readiness_keeps_a_collector_out_until_the_exchange_accepts_its_subscriptions(
+    cluster: NodeCluster, operator: dict[str, Any], backends: Backends
+) -> None:
+    # The exchange refuses the next subscribes (rate limited, as Deribit does); a shard's new
+    # pod then runs but must not count as Ready until it holds its channels.
+    rule = {"code": 10028, "methods": ["public/subscribe"], "count": REFUSED_SUBSCRIBES}
+    http_json(f"{backends.simulator_url}/sim/faults", {"errors": [rule]})
+    (victim,) = [
+        p for p in collector_pods(cluster) if p["metadata"]["labels"]["optionfeed.io/shard"] == "0"
+    ]
+    name = victim["metadata"]["name"]
+    started = time.monotonic()
+    cluster.kubectl("delete", "pod", name, "-n", NAMESPACE, "--wait=false")
+
+    def successor() -> dict[str, Any] | None:
+        pods = [
+            p
+            for p in collector_pods(cluster)
+            if p["metadata"]["labels"]["optionfeed.io/shard"] == "0"
+            and p["metadata"]["name"] != name
+        ]
+        return pods[0] if pods else None
+
+    def held_out() -> str | None:
+        pod = successor()
+        if pod is None or started_at(pod) is None or is_ready(pod):
+            return None
+        status = feed(cluster).get("status", {})
+        if status.get("readyShards", 3) >= 3 or condition(feed(cluster), "Ready") != "False":
+            return None
+        try:
+            _get(f"http://{pod['status']['podIP']}:9464/readyz")
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode()
+            return body if exc.code == 503 and "[-] subscribed" in body else None
+        return None
+
+    reason = wait_for("the new pod Running but not Ready, the feed not Ready", held_out, 120)
+    held_at = time.monotonic() - started
+    wait_for("the new pod Ready once subscribed", lambda: feed_settled(cluster, 3), timeout=180)
+    ready_at = time.monotonic() - started
+    faults = http_json(f"{backends.simulator_url}/sim/faults")
+    assert not faults["errors"], f"refusals left unused: {faults}"
+    first_line = reason.splitlines()[0]
+    FIGURES.append(
+        f"readiness: with {REFUSED_SUBSCRIBES} subscribes refused, shard 0's new pod ran but was "
+        f"held NotReady ({first_line.strip()!r}, feed Ready=False) from {held_at:.1f}s, and "
+        f"Ready at {ready_at:.1f}s after the old pod's deletion"
+    )
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
 
 
 def test_helm_upgrade_replaces_the_operator_and_leaves_the_feed_running(
