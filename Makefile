@@ -1,6 +1,7 @@
 # Every target installs what it needs first, so each works on a fresh machine.
 #   make run    record the ETH top 50 (ticker + trades) from Deribit into an embedded PostgreSQL
-#   make test   unit, integration (PostgreSQL, TimescaleDB + simulator), Kubernetes (real control plane) and image (containerd) tests
+#   make test   unit, integration (PostgreSQL, TimescaleDB + simulator), Kubernetes (real control plane),
+#               image (containerd) and node (a real kubelet running the image's pods) tests
 #   make image  the container image as OCI archives, build/image/optionfeed-<version>-{amd64,arm64}.oci.tar
 #   make demo   simulator + collector + embedded PostgreSQL, no network needed
 #   make bench  benchmarks: print figures and the commands that made them
@@ -17,7 +18,7 @@ RUN := $(UV) run --frozen --no-sync
 
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run test demo bench drills lint format postgres timescaledb prometheus k8s otel-receiver image containerd dashboard clean
+.PHONY: setup run test demo bench drills lint format postgres timescaledb prometheus k8s otel-receiver image containerd node dashboard clean
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -60,13 +61,19 @@ image: setup
 containerd:
 	@tests/harness/ensure-containerd.sh
 
+# A real node for tests/node, whose pods run the image: Debian's containerd, runc and CNI plugins
+# (installed when missing), the kubelet and a pause image (built and cached beside the control plane).
+node: k8s image containerd
+	@tests/harness/ensure-node.sh
+	@tests/harness/build-node.sh >/dev/null
+
 run: setup
 	$(RUN) optionfeed collect --currency ETH --top 50 --channels ticker,trades
 
 demo: setup
 	$(RUN) optionfeed demo $(if $(DURATION),--duration $(DURATION))
 
-test: setup postgres timescaledb prometheus k8s otel-receiver image containerd
+test: setup postgres timescaledb prometheus k8s otel-receiver image containerd node
 	$(RUN) pytest $(PYTEST_ARGS)
 
 drills: setup postgres

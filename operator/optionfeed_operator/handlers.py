@@ -18,6 +18,8 @@ command line chose, so importing this module registers nothing anywhere.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -81,6 +83,18 @@ def _reconciler(memo: Any) -> Reconciler:
     return reconciler
 
 
+def in_cluster_server(environ: Mapping[str, str], default: str) -> str:
+    """The API server's URL from KUBERNETES_SERVICE_HOST/PORT, as in-cluster clients build it
+    (an IPv6 address in brackets); `default` when the host is not set."""
+    host = environ.get("KUBERNETES_SERVICE_HOST", "")
+    if not host:
+        return default
+    port = environ.get("KUBERNETES_SERVICE_PORT", "") or "443"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}:{port}"
+
+
 def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
     """A registry with every handler of the operator."""
     registry = kopf.OperatorRegistry()
@@ -91,7 +105,12 @@ def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
         # reconciler's requests always act as the same identity: the pod's ServiceAccount when
         # there is one, else $KUBECONFIG or ~/.kube/config.
         info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
-        return info or kopf.login_with_kubeconfig(**kwargs)
+        if info is not None:
+            # The same API server too: kopf names https://kubernetes.default.svc, which needs
+            # cluster DNS; lightkube (and client-go) use the address the kubelet puts in every
+            # pod's environment.
+            return dataclasses.replace(info, server=in_cluster_server(os.environ, info.server))
+        return kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(id="open_clients", registry=registry)
     async def open_clients(memo: kopf.Memo, **_: Any) -> None:

@@ -5,6 +5,10 @@ controller acts on. Tier 2 adds kube-controller-manager, kube-scheduler and kwok
 so Deployments get pods that are scheduled and report Running/Ready (no container ever runs),
 and garbage collection, namespace deletion and default ServiceAccounts work.
 
+The node tier (harness/node.py) runs the same processes with options: the API server on the
+address of a bridge that pods can reach, kubelets authenticated as `system:node:<name>` under the
+Node authorizer, and no kwok.
+
 Everything lives in a fresh temporary directory (certificates, etcd data, logs, kubeconfigs) that
 `stop()` removes after terminating every process group it started. The binaries come from
 `build-control-plane.sh`, which builds them from Go modules and caches them by version.
@@ -158,9 +162,10 @@ class Certificates:
     sa_pub: Path
 
     @classmethod
-    def create(cls, directory: Path) -> Certificates:
+    def create(cls, directory: Path, extra_ips: Sequence[str] = ()) -> Certificates:
+        """The CA and keys; `extra_ips` are more addresses the serving cert names."""
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "openssl.cnf").write_text(_OPENSSL_CONFIG)
+        (directory / "openssl.cnf").write_text(_openssl_config(extra_ips))
         ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         _run_openssl(
             ["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "7",
@@ -194,6 +199,11 @@ class Certificates:
         )
 
 
+def _openssl_config(extra_ips: Sequence[str]) -> str:
+    extra = "".join(f",IP:{ip}" for ip in extra_ips)
+    return _OPENSSL_CONFIG.replace("IP:127.0.0.1,", f"IP:127.0.0.1{extra},", 1)
+
+
 _OPENSSL_CONFIG = f"""\
 [req]
 distinguished_name = dn
@@ -212,7 +222,30 @@ subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 subjectAltName = IP:127.0.0.1,DNS:localhost,IP:{KUBERNETES_SERVICE_IP},DNS:kubernetes,\
 DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+[v3_client]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = clientAuth
 """
+
+
+def issue_client_cert(certs: Certificates, name: str, subject: str) -> tuple[Path, Path]:
+    """A client certificate signed by the test CA (e.g. the API server's, for kubelets);
+    returns (cert, key) paths in the CA's directory."""
+    directory = certs.ca_cert.parent
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _run_openssl(
+        ["req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+         "-config", "openssl.cnf", "-subj", subject],
+        directory,
+    )  # fmt: skip
+    _run_openssl(
+        ["x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+         "-CAcreateserial", "-days", "7", "-out", f"{name}.crt",
+         "-extfile", "openssl.cnf", "-extensions", "v3_client"],
+        directory,
+    )  # fmt: skip
+    return directory / f"{name}.crt", directory / f"{name}.key"
 
 
 @dataclass
@@ -308,11 +341,21 @@ class ControlPlane:
         bin_dir: Path | None = None,
         nodes: int = 2,
         startup_timeout: float = 180.0,
+        address: str = "127.0.0.1",
+        kubelets: Sequence[str] = (),
     ) -> None:
+        """`nodes` kwok nodes (tier 2; 0 = no kwok at all). `address`: where the API server
+        listens and what it advertises (the node tier: the pod bridge's gateway, so that pods
+        reach it). `kubelets`: names of real nodes that will register; each gets a token as
+        `system:node:<name>`, the Node authorizer is on, and the API server gets a client
+        certificate for the kubelets' HTTPS port (logs, exec)."""
         if tier not in (1, 2):
             raise ValueError(f"tier must be 1 or 2, not {tier}")
         self.tier = tier
         self.node_names = [f"kwok-node-{i}" for i in range(nodes)] if tier == 2 else []
+        self.address = address
+        self.kubelets = list(kubelets)
+        self.kubelet_tokens = {name: secrets.token_hex(24) for name in self.kubelets}
         self.startup_timeout = startup_timeout
         self._bin_dir = bin_dir
         self._workdir: Path | None = None
@@ -340,7 +383,11 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self._port}"
+        return f"https://{self.address}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        return self._port
 
     @property
     def kubeconfig(self) -> Path:
@@ -412,7 +459,8 @@ class ControlPlane:
 
     def _start_all(self) -> None:
         with self._timed("certificates"):
-            self._certs = Certificates.create(self.workdir / "pki")
+            extra_ips = [self.address] if self.address != "127.0.0.1" else []
+            self._certs = Certificates.create(self.workdir / "pki", extra_ips)
         etcd_port, etcd_peer, api_port, kcm_port, sched_port, kwok_port = free_ports(6)
         self._port = api_port
         with self._timed("etcd"):
@@ -434,6 +482,14 @@ class ControlPlane:
         with self._timed("kube-scheduler"):
             sched = self._start_scheduler(sched_port)
             self._wait_http(f"https://127.0.0.1:{sched_port}/healthz", sched, verify=False)
+        if not self.node_names:
+            with self._timed("default-serviceaccount"):
+                self._wait_until(
+                    "ServiceAccount default/default",
+                    lambda: self.exists("/api/v1/namespaces/default/serviceaccounts/default"),
+                    kcm,
+                )
+            return
         with self._timed("kwok"):
             kwok = self._start_kwok(kwok_port)
             self._wait_http(f"http://127.0.0.1:{kwok_port}/healthz", kwok, verify=None)
@@ -521,12 +577,17 @@ class ControlPlane:
     def _start_apiserver(self, etcd_port: int) -> Component:
         assert self._certs is not None
         tokens = self.workdir / "tokens.csv"
-        tokens.write_text(f'{self.admin_token},{ADMIN_USER},admin-uid,"system:masters"\n')
+        lines = [f'{self.admin_token},{ADMIN_USER},admin-uid,"system:masters"']
+        lines += [
+            f'{token},system:node:{name},node-{name},"system:nodes"'
+            for name, token in self.kubelet_tokens.items()
+        ]
+        tokens.write_text("\n".join(lines) + "\n")
         args = [
             self._bin("kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
             f"--secure-port={self._port}",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
             f"--tls-cert-file={self._certs.serving_cert}",
@@ -546,8 +607,22 @@ class ControlPlane:
             # On top of the default plugins: setting blockOwnerDeletion in an ownerReference
             # needs `update` on the owner's finalizers subresource, as on clusters that enable
             # it, so an operator's RBAC is tested for that permission too.
-            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement"
+            + (",NodeRestriction" if self.kubelets else ""),
         ]
+        if self.kubelets:
+            client_cert, client_key = issue_client_cert(
+                self._certs, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver"
+            )
+            args = [a for a in args if not a.startswith("--authorization-mode=")]
+            args += [
+                "--authorization-mode=Node,RBAC",
+                f"--kubelet-client-certificate={client_cert}",
+                f"--kubelet-client-key={client_key}",
+                # The default order starts with Hostname, which the API server would resolve
+                # through the machine's DNS; a node's InternalIP is on the pod bridge.
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
         if self.tier == 1:
             # Without the controller manager no namespace gets a default ServiceAccount, and the
             # ServiceAccount admission plugin would then reject every pod.
@@ -581,6 +656,9 @@ class ControlPlane:
                 # Tests create and delete many objects quickly; the default 20 qps throttles GC.
                 "--kube-api-qps=100",
                 "--kube-api-burst=200",
+                # Each controller acts as its own ServiceAccount, as kubeadm sets it up, so
+                # real pods meet the same RBAC as on a cluster.
+                *(["--use-service-account-credentials=true"] if self.kubelets else []),
             ],
         )
 
