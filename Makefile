@@ -6,7 +6,7 @@
 #   make demo   simulator + collector + embedded PostgreSQL, no network needed
 #   make bench  benchmarks: print figures and the commands that made them
 #   make drills the failure drills at full length
-#   make lint   ruff (format + lint), mypy, import contracts
+#   make lint   ruff (format + lint), mypy, import contracts, actionlint (.github/workflows)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -18,7 +18,7 @@ RUN := $(UV) run --frozen --no-sync
 
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run test demo bench drills lint format postgres timescaledb prometheus k8s otel-receiver image containerd node dashboard clean
+.PHONY: setup run test demo bench drills lint actionlint format postgres timescaledb prometheus k8s otel-receiver image containerd node dashboard clean
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -82,11 +82,24 @@ drills: setup postgres
 bench: setup postgres
 	$(RUN) python tests/bench/run.py $(BENCH_ARGS)
 
-lint: setup
+lint: setup actionlint
 	$(RUN) ruff format --check .
 	$(RUN) ruff check .
 	$(RUN) mypy
 	$(RUN) lint-imports
+	$(ACTIONLINT)
+
+# actionlint for the GitHub workflows, built from its Go module and cached outside the tree (about
+# 20 s, once). With no argument it checks every file in .github/workflows, and runs shellcheck on
+# their scripts when shellcheck is on PATH.
+ACTIONLINT_VERSION := v1.7.12
+ACTIONLINT_DIR := $(or $(OPTIONFEED_CACHE),$(HOME)/.cache/optionfeed)/actionlint-$(ACTIONLINT_VERSION)
+ACTIONLINT := $(ACTIONLINT_DIR)/actionlint
+
+$(ACTIONLINT):
+	GOTOOLCHAIN=local GOBIN=$(ACTIONLINT_DIR) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+
+actionlint: $(ACTIONLINT)
 
 # Rebuild the Grafana dashboard JSON (charts/optionfeed/files/) from charts/optionfeed/dashboards/.
 dashboard: setup
