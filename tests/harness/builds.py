@@ -40,6 +40,17 @@ def ensure_built(
     found = cached(script, check_flag)
     if found is not None:
         return found
+    lines = run_streamed(script, progress)
+    if not lines:
+        raise BuildFailed(f"{script} printed nothing: no path to return")
+    return Path(lines[-1].strip())
+
+
+def run_streamed(script: Path, progress: TextIO | None = None) -> list[str]:
+    """Run ``script``, its output shown live on ``progress`` (default: stderr); its lines.
+
+    Raises BuildFailed, with the tail of the output, when it exits non-zero.
+    """
     out = progress if progress is not None else sys.stderr
     with subprocess.Popen(
         ["bash", str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -51,7 +62,7 @@ def ensure_built(
             out.write(line)
             out.flush()
         rc = build.wait()
-    if rc != 0 or not lines:
+    if rc != 0:
         tail = "".join(lines[-LOG_TAIL_LINES:])
         raise BuildFailed(f"{script} failed with exit {rc}; last output:\n{tail}")
-    return Path(lines[-1].strip())
+    return lines

@@ -257,6 +257,27 @@ class Component:
     log_path: Path
     log_file: IO[bytes] = field(repr=False)
 
+    @classmethod
+    def spawn(cls, name: str, args: Sequence[str], log_path: Path, *, cwd: Path) -> Component:
+        """Start ``args`` in a process group of its own, appending its output to ``log_path``."""
+        log_file = log_path.open("ab")
+        log_file.write(f"$ {' '.join(args)}\n".encode())
+        log_file.flush()
+        # PDEATHSIG is tied to the forking thread, so only ask for it from the main thread.
+        preexec: Callable[[], None] | None = (
+            die_with_parent if threading.current_thread() is threading.main_thread() else None
+        )
+        process = subprocess.Popen(
+            list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
+        return cls(name, process, log_path, log_file)
+
     def exited(self) -> int | None:
         return self.process.poll()
 
@@ -531,24 +552,7 @@ class ControlPlane:
     # -- components --
 
     def _spawn(self, name: str, args: Sequence[str]) -> Component:
-        log_path = self.log_path(name)
-        log_file = log_path.open("ab")
-        log_file.write(f"$ {' '.join(args)}\n".encode())
-        log_file.flush()
-        # PDEATHSIG is tied to the forking thread, so only ask for it from the main thread.
-        preexec: Callable[[], None] | None = (
-            die_with_parent if threading.current_thread() is threading.main_thread() else None
-        )
-        process = subprocess.Popen(
-            list(args),
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            start_new_session=True,
-            preexec_fn=preexec,
-        )
-        component = Component(name, process, log_path, log_file)
+        component = Component.spawn(name, args, self.log_path(name), cwd=self.workdir)
         self._components.append(component)
         return component
 

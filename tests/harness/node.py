@@ -25,15 +25,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tarfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
+from harness import builds
 from harness.control_plane import (
     STOP_GRACE_SECONDS,
     Component,
@@ -43,7 +42,6 @@ from harness.control_plane import (
     ensure_binaries,
     free_ports,
 )
-from harness.processes import die_with_parent
 
 HARNESS_DIR = Path(__file__).resolve().parent
 BUILD_SCRIPT = HARNESS_DIR / "build-node.sh"
@@ -89,20 +87,10 @@ def ensure_node_components(progress: TextIO | None = None) -> Path:
 
 def _run_script(script: Path, progress: TextIO | None) -> list[str]:
     """Run a build/install script, its output shown live; returns its lines."""
-    out = progress if progress is not None else sys.stderr
-    with subprocess.Popen(
-        ["bash", str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as proc:
-        assert proc.stdout is not None
-        lines: list[str] = []
-        for line in proc.stdout:
-            lines.append(line)
-            out.write(line)
-            out.flush()
-        rc = proc.wait()
-    if rc != 0:
-        raise ControlPlaneError(f"{script} failed with exit {rc}:\n{''.join(lines[-40:])}")
-    return lines or [""]
+    try:
+        return builds.run_streamed(script, progress) or [""]
+    except builds.BuildFailed as exc:
+        raise ControlPlaneError(str(exc)) from exc
 
 
 # --- the network --------------------------------------------------------------------------------
@@ -316,23 +304,7 @@ class Node:
         self.timings[phase] = time.monotonic() - t0
 
     def _spawn(self, name: str, args: Sequence[str]) -> Component:
-        log_path = self.log_path(name)
-        log_file = log_path.open("ab")
-        log_file.write(f"$ {' '.join(args)}\n".encode())
-        log_file.flush()
-        preexec: Callable[[], None] | None = (
-            die_with_parent if threading.current_thread() is threading.main_thread() else None
-        )
-        process = subprocess.Popen(
-            list(args),
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            start_new_session=True,
-            preexec_fn=preexec,
-        )
-        component = Component(name, process, log_path, log_file)
+        component = Component.spawn(name, args, self.log_path(name), cwd=self.workdir)
         self._components.append(component)
         return component
 
