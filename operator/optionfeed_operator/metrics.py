@@ -31,11 +31,11 @@ from lightkube import ApiError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
+from optionfeed.telemetry import health
 from optionfeed_operator.api import ConditionStatus, ConditionType
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -132,21 +132,14 @@ class MetricsServer:
         self._runner: web.AppRunner | None = None
 
     async def _serve(self, request: web.Request) -> web.Response:
-        return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(
+            body=self._metrics.render(), headers={"Content-Type": health.CONTENT_TYPE_LATEST}
+        )
 
     async def __aenter__(self) -> MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._serve)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, self.host, self.port).start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise OSError(
-                exc.errno, f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror}"
-            ) from exc
-        self.port = int(self._runner.addresses[0][1])
+        self._runner, self.port = await health.serve(app, self.host, self.port)
         log.info("serving metrics on http://%s:%d/metrics", self.host, self.port)
         return self
 

@@ -22,6 +22,22 @@ Check = Callable[[], tuple[bool, str]]
 CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
 
 
+async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port`` (0: a free port); the runner to clean up and the port bound.
+
+    A port that cannot be bound is an OSError that names the address.
+    """
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc
+    sockets = runner.addresses
+    return runner, int(sockets[0][1]) if sockets and port == 0 else port
+
+
 class HealthServer:
     """``async with HealthServer(port, metrics, checks):`` serves until the block ends."""
 
@@ -67,19 +83,7 @@ class HealthServer:
         app.router.add_get("/metrics", self._metrics_handler)
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise OSError(
-                exc.errno, f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror}"
-            ) from exc
-        sockets = self._runner.addresses
-        if sockets and self.port == 0:
-            self.port = int(sockets[0][1])
+        self._runner, self.port = await serve(app, self.host, self.port)
         log.info("serving /metrics, /livez and /readyz on %s:%d", self.host, self.port)
         return self
 
