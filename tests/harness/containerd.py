@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from harness import processes
+
 CONFIG = """\
 version = 2
 root = "{root}/root"
@@ -66,13 +68,7 @@ class PrivateContainerd:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        processes.stop(self._process, grace=20)
         # Snapshots may still be mounted if a task outlived its test.
         subprocess.run(["umount", "-R", "-l", str(self.root / "root")], capture_output=True)
         self._tmp.cleanup()

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from harness import builds
+from harness import builds, processes
 from harness.ports import free_port
 from harness.processes import die_with_parent
 
@@ -220,13 +220,7 @@ class OtlpReceiver:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process)
         with contextlib.suppress(OSError):
             self._log.close()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import subprocess
+from typing import Any
 
 # Linux prctl option: the kernel signals the child when the thread that forked it exits.
 _PR_SET_PDEATHSIG = 1
@@ -14,3 +16,18 @@ def die_with_parent() -> None:
     process that dies hard (kill -9, a timeout) takes its servers with it."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def stop(process: subprocess.Popen[Any] | None, grace: float = 10.0) -> int | None:
+    """SIGTERM, then SIGKILL when ``process`` is still running after ``grace`` seconds; returns
+    its exit code (None when there is no process)."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode

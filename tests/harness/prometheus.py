@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from harness import processes
 from harness.ports import free_port
 from harness.processes import die_with_parent
 
@@ -121,13 +122,7 @@ class PrometheusServer:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> PrometheusServer:

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import selectors
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from typing import Any
 
 import aiohttp
 
+from harness import processes
 from harness.processes import die_with_parent
 
 READY = re.compile(r"listening on http://(?P<host>[\d.]+):(?P<port>\d+)")
@@ -149,18 +149,9 @@ class SimulatorProcess:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
-        code = None
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-            code = self.process.returncode
-            if self.process.stdout is not None:
-                self.process.stdout.close()
+        code = processes.stop(self.process, grace=timeout)
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
         with contextlib.suppress(OSError):
             self._log.close()
         return code
