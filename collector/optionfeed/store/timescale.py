@@ -165,16 +165,11 @@ def hypertable_statements(table: Table, *, compress_after: str = "2 days") -> li
 async def retention_policies(connection: asyncpg.Connection) -> dict[str, datetime.timedelta]:
     """hypertable name -> its retention policy's ``drop_after``, for this schema's hypertables."""
     rows = await connection.fetch(
-        "SELECT hypertable_name, config->>'drop_after' AS drop_after "
+        "SELECT hypertable_name, (config->>'drop_after')::interval AS drop_after "
         "FROM timescaledb_information.jobs "
         "WHERE proc_name = 'policy_retention' AND hypertable_schema = current_schema()"
     )
-    found: dict[str, datetime.timedelta] = {}
-    for row in rows:
-        found[row["hypertable_name"]] = await connection.fetchval(
-            "SELECT $1::text::interval", row["drop_after"]
-        )
-    return found
+    return {row["hypertable_name"]: row["drop_after"] for row in rows}
 
 
 async def apply_retention(
