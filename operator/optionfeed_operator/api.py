@@ -38,7 +38,6 @@ COMPONENT = "optionfeed-collector"
 
 DEFAULT_CHANNELS: tuple[str, ...] = ("ticker", "trades")
 DEFAULT_REFRESH_INTERVAL = "5m"
-CURRENCIES = OPTION_CURRENCIES
 
 # A feed's name goes into label values (at most 63 characters) and into `<feed>-shard-<i>`.
 MAX_FEED_NAME_LENGTH = 52
@@ -379,8 +378,8 @@ def parse_feed(body: Mapping[str, Any]) -> FeedSpec:
         raise InvalidFeed("metadata.name", f"at most {MAX_FEED_NAME_LENGTH} characters")
 
     currency = _require(spec.get("currency"), str, "spec.currency")
-    if currency not in CURRENCIES:
-        raise InvalidFeed("spec.currency", f"must be one of {CURRENCIES}, got {currency!r}")
+    if currency not in OPTION_CURRENCIES:
+        raise InvalidFeed("spec.currency", f"must be one of {OPTION_CURRENCIES}, got {currency!r}")
 
     database = _mapping(spec.get("database"), "spec.database")
     secret_ref = _mapping(database.get("secretRef"), "spec.database.secretRef")

@@ -32,8 +32,6 @@ from optionfeed.deribit.instruments import is_option_name
 
 log = logging.getLogger(__name__)
 
-CURRENCIES = OPTION_CURRENCIES
-
 
 class InvalidAssignment(ValueError):
     """The assignment file is missing, unreadable, or not the documented shape."""
@@ -83,8 +81,8 @@ def parse_assignment(text: str | bytes, where: str = "assignment") -> Assignment
     if not isinstance(doc, dict):
         raise InvalidAssignment(f"{where}: expected a JSON object")
     currency = _field(doc, "currency", str, where)
-    if currency not in CURRENCIES:
-        raise InvalidAssignment(f"{where}: currency must be one of {', '.join(CURRENCIES)}")
+    if currency not in OPTION_CURRENCIES:
+        raise InvalidAssignment(f"{where}: currency must be one of {', '.join(OPTION_CURRENCIES)}")
     interval = _field(doc, "interval", str, where)
     if interval not in {i.value for i in Interval}:
         raise InvalidAssignment(f"{where}: interval must be raw, 100ms or agg2, not {interval!r}")

@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CURRENCIES = OPTION_CURRENCIES
-
 
 def channel_list(text: str) -> tuple[str, ...]:
     from optionfeed.deribit.channels import FEED_CHANNELS
@@ -44,9 +42,10 @@ def channel_list(text: str) -> tuple[str, ...]:
 
 def currency_name(text: str) -> str:
     value = text.strip().upper()
-    if value not in CURRENCIES:
+    if value not in OPTION_CURRENCIES:
         raise argparse.ArgumentTypeError(
-            f"unknown option currency {text!r}: Deribit lists options in {', '.join(CURRENCIES)}"
+            f"unknown option currency {text!r}: "
+            f"Deribit lists options in {', '.join(OPTION_CURRENCIES)}"
         )
     return value
 
