@@ -455,7 +455,12 @@ def change_top_n(
             (generation, names) for names in after
         ]
 
-    wait_for(swapped, "every pod's assignment volume to be updated", timeout=15)
+    # The kubelet records a swap just after it makes the new content visible: wait for both.
+    wait_for(
+        lambda: swapped() and all(kubelet.swaps_of(pod, since=t0) for pod in pods),
+        "every pod's assignment volume to be updated",
+        timeout=15,
+    )
     step.swapped = max(kubelet.swaps_of(pod, since=t0)[-1].at for pod in pods) - t0
 
     line = f"assignment generation {generation}: "
