@@ -1,5 +1,6 @@
 """What the node tier's tests share: the running cluster, waiting on conditions, and the
-manifests of the backends a feed records from and into (PostgreSQL and the simulator as pods).
+manifests of the backends a feed records from and into (PostgreSQL and the simulator as pods) and
+of the feed: the very files the CI's kind job applies (.github/kind/backends.yaml, feed.yaml).
 
 Networking, as a kind cluster without a service mesh would see it, minus kube-proxy and DNS:
 the backends get Services, and the feed is pointed at the Services' endpoints (the pods' IPs on
@@ -18,16 +19,17 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 from harness.control_plane import ControlPlane
 from harness.node import Node
 
 T = TypeVar("T")
 
-POSTGRES_PORT = 5432
-SIMULATOR_PORT = 8765
-SIMULATOR_SEED = 20240601
+KIND_MANIFESTS = Path(__file__).resolve().parents[2] / ".github" / "kind"
 # Figures of the run (times, counts), printed in the terminal summary.
 FIGURES: list[str] = []
 
@@ -94,118 +96,45 @@ def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(response.read())
 
 
-def _restricted(run_as: int) -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": run_as,
-        "runAsGroup": run_as,
-        "fsGroup": run_as,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+def _documents(name: str) -> list[dict[str, Any]]:
+    with (KIND_MANIFESTS / name).open() as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc]
 
 
-_CONTAINER_SECURITY = {
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-}
+def backend_manifests(optionfeed_image: str, postgres_image: str) -> list[dict[str, Any]]:
+    """The CI's backends.yaml (namespace, PostgreSQL and the simulator with their Services), with
+    this node's image names: both were imported into its containerd, nothing is pulled."""
+    images = {"postgres": postgres_image, "simulator": optionfeed_image}
+    documents = _documents("backends.yaml")
+    for doc in documents:
+        if doc["kind"] == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                container["image"] = images[container["name"]]
+                container["imagePullPolicy"] = "Never"
+    return documents
 
 
-def _deployment(name: str, namespace: str, pod: dict[str, Any], port: int) -> list[dict[str, Any]]:
-    labels = {"app.kubernetes.io/name": name}
-    return [
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {
-                "replicas": 1,
-                "strategy": {"type": "Recreate"},
-                "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels}, "spec": pod},
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {"selector": labels, "ports": [{"port": port, "targetPort": port}]},
-        },
-    ]
+def feed_manifest(exchange_url: str | None = None) -> dict[str, Any]:
+    """The CI's feed.yaml; with `exchange_url`, pointed at the simulator's pod address instead of
+    its Service's name (no cluster DNS here)."""
+    (feed,) = _documents("feed.yaml")
+    if exchange_url is not None:
+        feed["spec"]["exchange"]["url"] = exchange_url
+    return feed
 
 
-def postgres_manifests(namespace: str, image: str) -> list[dict[str, Any]]:
-    """PostgreSQL in a pod: a throwaway cluster in an emptyDir, trust auth on the pod network."""
-    pod = {
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 5,
-        "securityContext": _restricted(999),
-        "containers": [
-            {
-                "name": "postgres",
-                "image": image,
-                "imagePullPolicy": "Never",
-                "env": [{"name": "PGDATA", "value": "/var/lib/postgresql/data"}],
-                "ports": [{"containerPort": POSTGRES_PORT}],
-                "readinessProbe": {
-                    "exec": {"command": ["pg_isready", "-q", "-h", "127.0.0.1"]},
-                    "periodSeconds": 1,
-                },
-                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
-                "securityContext": _CONTAINER_SECURITY,
-                "volumeMounts": [
-                    {"name": "data", "mountPath": "/var/lib/postgresql"},
-                    {"name": "run", "mountPath": "/var/run/postgresql"},
-                    {"name": "tmp", "mountPath": "/tmp"},
-                ],
-            }
-        ],
-        "volumes": [
-            {"name": "data", "emptyDir": {}},
-            {"name": "run", "emptyDir": {}},
-            {"name": "tmp", "emptyDir": {}},
-        ],
-    }
-    return _deployment("postgres", namespace, pod, POSTGRES_PORT)
+def simulator_args() -> list[str]:
+    """The simulator's command-line arguments in backends.yaml."""
+    for doc in _documents("backends.yaml"):
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "simulator":
+            args: list[str] = doc["spec"]["template"]["spec"]["containers"][0]["args"]
+            return [str(a) for a in args]
+    raise AssertionError("backends.yaml has no simulator Deployment")
 
 
-def simulator_manifests(namespace: str, image: str, *args: str) -> list[dict[str, Any]]:
-    """`optionfeed simulate` in a pod, listening on the pod's address."""
-    pod = {
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 5,
-        "securityContext": _restricted(65532),
-        "containers": [
-            {
-                "name": "simulator",
-                "image": image,
-                "imagePullPolicy": "Never",
-                "command": ["optionfeed"],
-                "args": [
-                    "simulate",
-                    "--host",
-                    "0.0.0.0",
-                    "--port",
-                    str(SIMULATOR_PORT),
-                    "--seed",
-                    str(SIMULATOR_SEED),
-                    *args,
-                ],
-                "ports": [{"containerPort": SIMULATOR_PORT}],
-                "readinessProbe": {
-                    "httpGet": {"path": "/sim/ledger?totals=true", "port": SIMULATOR_PORT},
-                    "periodSeconds": 1,
-                },
-                "resources": {"requests": {"cpu": "200m", "memory": "128Mi"}},
-                "securityContext": _CONTAINER_SECURITY,
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-            }
-        ],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
-    }
-    return _deployment("simulator", namespace, pod, SIMULATOR_PORT)
+def simulator_flag(flag: str) -> str:
+    args = simulator_args()
+    return args[args.index(flag) + 1]
 
 
 def endpoint_ip(cluster: NodeCluster, namespace: str, service: str) -> str:

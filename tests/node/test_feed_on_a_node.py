@@ -28,13 +28,13 @@ import pytest
 from harness.collector import fetch, sent_per_instrument, stored_per_instrument
 from node.stack import (
     FIGURES,
-    SIMULATOR_PORT,
     NodeCluster,
+    backend_manifests,
     endpoint_ip,
+    feed_manifest,
     http_json,
     is_ready,
-    postgres_manifests,
-    simulator_manifests,
+    simulator_flag,
     wait_for,
 )
 
@@ -44,14 +44,17 @@ CRD_NAME = "optionfeeds.optionfeed.io"
 RELEASE = "optionfeed"
 OPERATOR_NAMESPACE = "optionfeed-system"
 OPERATOR_SA = f"{RELEASE}-operator"
-NAMESPACE = "market-data"
-FEED = "eth"
-DB_SECRET = "optionfeed-db"
-TOP_N = 12
-# ETH only, ranked by open interest (slow to change, so re-ranks keep the selection): at 600
-# events/s each of the top instruments gets tickers every second and trades every few.
-SIMULATOR_RATE = 600
-SIMULATOR_ARGS = ("--rate", str(SIMULATOR_RATE), "--currencies", "ETH")
+# The feed and its backends are the CI's (.github/kind/feed.yaml, backends.yaml): the ETH top 12 by
+# open interest (slow to change, so re-ranks keep the selection) over 2 shards, from a simulator at
+# 600 events/s, at which each of the top instruments gets tickers every second and trades every few.
+FEED_MANIFEST = feed_manifest()
+NAMESPACE = FEED_MANIFEST["metadata"]["namespace"]
+FEED = FEED_MANIFEST["metadata"]["name"]
+DB_SECRET = FEED_MANIFEST["spec"]["database"]["secretRef"]["name"]
+TOP_N = FEED_MANIFEST["spec"]["topN"]
+COLLECTOR_RESOURCES = FEED_MANIFEST["spec"]["collector"]["resources"]
+SIMULATOR_PORT = int(simulator_flag("--port"))
+SIMULATOR_RATE = int(simulator_flag("--rate"))
 SIMULATOR_CLIENT_ID = "optionfeed-sim"
 SIMULATOR_CLIENT_SECRET = "optionfeed-sim-secret"
 RECORD_SECONDS = 10.0
@@ -65,10 +68,6 @@ REFUSED_SUBSCRIBES = 3
 LOAD_RATE = 2000.0
 LOAD_SECONDS = 30.0
 LOAD_LIMIT_BYTES = 256 * 2**20
-COLLECTOR_RESOURCES = {
-    "requests": {"cpu": "50m", "memory": "96Mi"},
-    "limits": {"memory": "256Mi"},
-}
 
 pytestmark = pytest.mark.slow
 
@@ -120,10 +119,7 @@ def cluster(node_cluster: NodeCluster) -> Iterator[NodeCluster]:
 def backends(cluster: NodeCluster) -> Backends:
     """PostgreSQL and the simulator as Deployments with Services, Ready."""
     started = time.monotonic()
-    cluster.apply(
-        *postgres_manifests(NAMESPACE, cluster.postgres_image),
-        *simulator_manifests(NAMESPACE, cluster.optionfeed_image, *SIMULATOR_ARGS),
-    )
+    cluster.apply(*backend_manifests(cluster.optionfeed_image, cluster.postgres_image))
     db_ip = endpoint_ip(cluster, NAMESPACE, "postgres")
     sim_ip = endpoint_ip(cluster, NAMESPACE, "simulator")
     found = Backends(
@@ -322,21 +318,7 @@ def test_a_feed_makes_collector_pods_that_record_what_the_simulator_sent(
         "create", "secret", "generic", DB_SECRET, "-n", NAMESPACE,
         f"--from-literal=url={backends.database_url}",
     )  # fmt: skip
-    manifest = {
-        "apiVersion": "optionfeed.io/v1alpha1",
-        "kind": "OptionFeed",
-        "metadata": {"name": FEED, "namespace": NAMESPACE},
-        "spec": {
-            "currency": "ETH",
-            "topN": TOP_N,
-            "rankBy": "open_interest",
-            "shards": 2,
-            "channels": ["ticker", "trades"],
-            "database": {"secretRef": {"name": DB_SECRET, "key": "url"}},
-            "exchange": {"url": backends.exchange_url},
-            "collector": {"resources": COLLECTOR_RESOURCES},
-        },
-    }
+    manifest = feed_manifest(backends.exchange_url)
     applied = time.monotonic()
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
     wait_for("two Ready shards", lambda: feed_settled(cluster, 2), timeout=180)
@@ -397,6 +379,10 @@ def test_kubectl_scale_reshards_onto_three_collector_pods(
     assert all(shards)
     assert sum(len(s) for s in shards) == len({i for s in shards for i in s}), "disjoint"
     assert {i for s in shards for i in s} == before
+    # `kubectl get of`, as the README shows it: the CRD's printer columns.
+    header, row = cluster.kubectl("get", "of", FEED, "-n", NAMESPACE).stdout.splitlines()
+    assert header.split() == ["NAME", "CURRENCY", "TOPN", "SHARDS", "READY", "AGE"], header
+    assert row.split()[:5] == [FEED, "ETH", str(TOP_N), "3", "3"], row
     FIGURES.append(
         f"kubectl scale --replicas=3: 3 shards Ready {time.monotonic() - started:.1f}s later, "
         f"{[len(s) for s in shards]} instruments"
