@@ -11,7 +11,10 @@ It runs, each as a process of its own, printing its output as it goes:
 2. ``bench_e2e.py``: simulator -> collector -> PostgreSQL at rising offered rates, 2,000
    instruments x ticker, trades, book (see that file for every definition);
 3. ``bench_simulator.py``: how many notifications per second the simulator itself delivers to
-   lean clients, the headroom of the load generator the end-to-end figures depend on.
+   lean clients, the headroom of the load generator the end-to-end figures depend on;
+4. ``bench_libraries.py``: the measurements behind the choice of libraries (docs/decisions.md):
+   aiohttp against websockets on the receive and send paths, lightkube against the official
+   Kubernetes clients.
 
 Then it prints the machine, the load average before and after, and one table: each figure, its
 target, what was measured, whether the target is met, and the command that reproduces it. The
@@ -55,6 +58,8 @@ CEILING_ROW = re.compile(
     r"\s+(?P<put>[\d,]+)\s*$"
 )
 SIMULATOR_BEST = re.compile(r"highest rate reached: (?P<rate>[\d,]+) notifications/s")
+# The first two rows of bench_libraries.py's tables: the receive path's medians.
+LIBRARY_MEDIAN = re.compile(r"^(?P<lib>aiohttp|websockets)\s+(?P<rate>[\d,]+) \(", re.MULTILINE)
 
 
 def uv_command(script: str, args: Sequence[str]) -> str:
@@ -133,6 +138,8 @@ def figures(
     e2e_command: str,
     simulator: float | None,
     sim_command: str,
+    libraries: dict[str, str] | None = None,
+    lib_command: str = "",
 ) -> list[list[str]]:
     rows: list[list[str]] = []
     summary = (e2e or {}).get("summary", {})
@@ -242,6 +249,17 @@ def figures(
             sim_command,
         )
     )
+    rows.append(
+        row(
+            "receive path frames/s, aiohttp vs websockets (docs/decisions.md)",
+            "-",
+            " vs ".join(libraries[k] for k in ("aiohttp", "websockets"))
+            if libraries and {"aiohttp", "websockets"} <= libraries.keys()
+            else "not measured",
+            None,
+            lib_command,
+        )
+    )
     return rows
 
 
@@ -267,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
     parser.add_argument("--rates", help="end-to-end target msg/s, rising (default per mode)")
-    parser.add_argument("--skip", default="", help="comma list of: copy, e2e, simulator")
+    parser.add_argument("--skip", default="", help="comma list of: copy, e2e, simulator, libraries")
     parser.add_argument("--e2e-args", default="", help="extra flags for bench_e2e.py")
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args(argv)
@@ -284,12 +302,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         copy_args = ["--rows", "50000"]
         e2e_args = ["--rates", args.rates or "5000,10000,20000", "--window", "10", "--warmup", "3"]
         sim_args = ["--seconds", "3", "--rates", "10000,20000", "--channels", "ticker,book,trades"]
+        lib_args = ["--messages", "20000", "--per-client", "5000"]
     else:
         copy_args = []
         e2e_args = ["--rates", args.rates or "5000,10000,20000,30000,36000,45000"]
         e2e_args += ["--window", "60", "--warmup", "10"]
         # The end-to-end channel mix; 20,000 events/s offer about 40,000 notifications/s.
         sim_args = ["--rates", "10000,15000,20000,25000", "--channels", "ticker,book,trades"]
+        lib_args = []
     e2e_args += shlex.split(args.e2e_args)
     logs = ["--logs", str(args.output / "e2e-logs")]
     e2e_json = args.output / "e2e.json"
@@ -311,6 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, output = run_child("bench_simulator.py", sim_args, timeout=300)
         match = SIMULATOR_BEST.search(output)
         simulator = float(match["rate"].replace(",", "")) if match else None
+    libraries: dict[str, str] = {}
+    if "libraries" not in skip:
+        code, output = run_child("bench_libraries.py", lib_args, timeout=900)
+        for match in LIBRARY_MEDIAN.finditer(output):
+            libraries.setdefault(match["lib"], match["rate"])
 
     print("\n" + "=" * 100)
     print("optionfeed benchmarks: figures")
@@ -325,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         uv_command("bench_e2e.py", e2e_args),
         simulator,
         uv_command("bench_simulator.py", sim_args),
+        libraries,
+        uv_command("bench_libraries.py", lib_args),
     )
     print_table(rows)
     (args.output / "figures.json").write_text(
