@@ -1,6 +1,6 @@
 """``make bench``: the benchmarks of the collector, and a table of figures against their targets.
 
-    uv run python tests/bench/run.py            # the full run: 60 s windows, about 15 minutes
+    uv run python tests/bench/run.py            # the full run: 60 s windows, about 18 minutes
     uv run python tests/bench/run.py --quick    # a smoke run of a few minutes (short windows)
     make bench BENCH_ARGS=--quick
 
