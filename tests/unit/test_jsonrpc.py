@@ -39,8 +39,7 @@ def test_error_response_becomes_rpc_error_with_data() -> None:
 def test_subscription_notification_exposes_channel_and_data() -> None:
     raw = jsonrpc.encode_subscription_raw("quote.X", b'{"a":1}')
     frame = jsonrpc.decode_frame(raw)
-    assert isinstance(frame, jsonrpc.Notification)
-    assert (frame.method, frame.channel, frame.data) == ("subscription", "quote.X", {"a": 1})
+    assert frame == jsonrpc.Subscription("quote.X", {"a": 1})
     assert raw == jsonrpc.encode_notification("quote.X", {"a": 1})
 
 
