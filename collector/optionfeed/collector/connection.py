@@ -478,10 +478,11 @@ class ExchangeConnection:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiters[request_id] = future
         try:
-            await ws.send_frame(frame, WSMsgType.TEXT)
+            try:
+                await ws.send_frame(frame, WSMsgType.TEXT)
+            except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+                raise ConnectionLost("send_failed", str(exc)) from exc
             return await asyncio.wait_for(future, self.settings.request_timeout)
-        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
-            raise ConnectionLost("send_failed", str(exc)) from exc
         except TimeoutError:
             raise ConnectionLost(
                 "request_timeout", f"{method} unanswered after {self.settings.request_timeout:g} s"

@@ -24,11 +24,11 @@ from optionfeed.backoff import Backoff
 from optionfeed.deribit import jsonrpc
 from optionfeed.deribit.channels import InvalidChannel, parse_channel
 from optionfeed.deribit.errors import ErrorCode, ProtocolError, RpcError
-from optionfeed.deribit.jsonrpc import Subscription
+from optionfeed.deribit.jsonrpc import Notification, Response, Subscription, parse_message
 
 SUBSCRIBE = "public/subscribe"
 UNSUBSCRIBE = "public/unsubscribe"
-_TEST = jsonrpc.encode_request  # bound once: the heartbeat answer is built on the read path
+_loads = orjson.loads
 
 
 # ----------------------------------------------------------------------------- events
@@ -272,11 +272,11 @@ class ExchangeProtocol:
     def receive(self, raw: bytes, now: float) -> Event | None:
         """One text frame in; what it means, or None for a frame that needs nothing."""
         try:
-            message = orjson.loads(raw)
+            message = _loads(raw)
         except orjson.JSONDecodeError as exc:
             return Rejected(*jsonrpc.why_unparsable(raw, exc))
         try:
-            frame = jsonrpc.parse_message(message, raw)
+            frame = parse_message(message, raw)
         except ProtocolError as exc:
             return Rejected("not_jsonrpc", exc.reason)
         if type(frame) is Subscription:
@@ -290,20 +290,20 @@ class ExchangeProtocol:
                 "a channel this connection did not subscribe to"
             )
             return Rejected("unsubscribed_channel", detail, channel)
-        if type(frame) is jsonrpc.Notification:
+        if type(frame) is Notification:
             if frame.method == "heartbeat":
                 if frame.params.get("type") == "test_request":
                     request_id = self._new_id()
                     self._ignored.add(request_id)
-                    return Reply(_TEST(request_id, "public/test", {}))
+                    return Reply(jsonrpc.encode_request(request_id, "public/test", {}))
                 return None  # plain heartbeats need no answer
             return Rejected(
                 "unexpected_notification", f"unexpected notification {frame.method[:80]!r}"
             )
-        assert type(frame) is jsonrpc.Response
+        assert type(frame) is Response
         return self._answer(frame, now)
 
-    def _answer(self, response: jsonrpc.Response, now: float) -> Answer | Rejected | None:
+    def _answer(self, response: Response, now: float) -> Answer | Rejected | None:
         request_id = response.id
         if isinstance(request_id, int) and request_id in self._ignored:
             self._ignored.discard(request_id)

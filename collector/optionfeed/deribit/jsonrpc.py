@@ -3,6 +3,9 @@
 Both ends use this module: the collector encodes requests and decodes what arrives, the simulator
 decodes requests and encodes responses and notifications. Responses carry Deribit's extras
 ``usIn``, ``usOut``, ``usDiff`` and ``testnet``; notifications carry none of them.
+:func:`parse_message` is the one reader of a frame from the exchange (the collector's connection
+and the simulator's capture replay); a ``subscription`` notification is written as
+:func:`subscription_prefix`, its ``data``, then :data:`SUBSCRIPTION_SUFFIX`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class Response:
     us_out: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is built per market-data frame, and frozen costs more
 class Subscription:
     """A ``subscription`` notification: market data on one channel."""
 
@@ -214,10 +217,6 @@ def encode_error(
     )
 
 
-def encode_notification(channel: str, data: Any) -> bytes:
-    return encode_subscription_raw(channel, orjson.dumps(data))
-
-
 def subscription_prefix(channel: str) -> bytes:
     """Everything of a ``subscription`` notification before its ``data`` value."""
     return (
@@ -229,11 +228,6 @@ def subscription_prefix(channel: str) -> bytes:
 
 SUBSCRIPTION_SUFFIX = b"}}"
 """Everything of a ``subscription`` notification after its ``data`` value."""
-
-
-def encode_subscription_raw(channel: str, data_json: bytes) -> bytes:
-    """A subscription notification around ``data`` that is already serialised (the fast path)."""
-    return subscription_prefix(channel) + data_json + SUBSCRIPTION_SUFFIX
 
 
 def subscription_data_json(raw: bytes, channel: str) -> bytes | None:
