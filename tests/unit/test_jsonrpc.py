@@ -36,12 +36,23 @@ def test_error_response_becomes_rpc_error_with_data() -> None:
     assert not frame.error.transient
 
 
-def test_subscription_notification_exposes_channel_and_data() -> None:
-    raw = jsonrpc.encode_subscription_raw("quote.X", b'{"a":1}')
-    frame = jsonrpc.decode_frame(raw)
-    assert isinstance(frame, jsonrpc.Notification)
-    assert (frame.method, frame.channel, frame.data) == ("subscription", "quote.X", {"a": 1})
-    assert raw == jsonrpc.encode_notification("quote.X", {"a": 1})
+def test_a_subscription_notification_is_read_back_with_its_data_text_byte_for_byte() -> None:
+    raw = jsonrpc.subscription_prefix("quote.X") + b'{"a": 1}' + jsonrpc.SUBSCRIPTION_SUFFIX
+    assert orjson.loads(raw) == {
+        "jsonrpc": "2.0",
+        "method": "subscription",
+        "params": {"channel": "quote.X", "data": {"a": 1}},
+    }
+    assert jsonrpc.decode_frame(raw) == jsonrpc.Subscription("quote.X", {"a": 1})
+    assert jsonrpc.subscription_data_json(raw, "quote.X") == b'{"a": 1}'
+    assert jsonrpc.subscription_data_json(raw, "quote.Y") is None
+    spaced = b'{"jsonrpc": "2.0", "method": "subscription", "params": {"channel": "quote.X", '
+    assert jsonrpc.subscription_data_json(spaced + b'"data": 1}}', "quote.X") is None
+
+
+def test_a_heartbeat_is_a_notification_with_its_params() -> None:
+    frame = jsonrpc.decode_frame(jsonrpc.TEST_REQUEST)
+    assert frame == jsonrpc.Notification("heartbeat", {"type": "test_request"})
 
 
 def test_rest_responses_without_an_id_decode_as_in_the_real_capture() -> None:

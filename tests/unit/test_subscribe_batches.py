@@ -1,7 +1,7 @@
 import orjson
 import pytest
 
-from optionfeed.collector.connection import subscribe_batches
+from optionfeed.collector.protocol import subscribe_batches
 from optionfeed.deribit import jsonrpc
 
 

@@ -5,7 +5,9 @@ make the exchange's subscriptions equal that set: it connects, says ``public/hel
 heartbeats, subscribes in requests of at most 500 channels and 32 KB paced to the subscribe
 credits, compares every acknowledgment with its request, retries what the exchange left out, and
 after a disconnect reconnects with capped exponential backoff and full jitter, resubscribing
-exactly what it held.
+exactly what it held. The subscription state and the matching of answers to requests live in
+:class:`~optionfeed.collector.protocol.ExchangeProtocol`; this module holds the socket, the tasks,
+the timers and the reconnect loop, and drives it.
 
 The reader task owns the session: it is never cancelled, because a cancelled reader could drop a
 frame it already holds. Other tasks end a session by closing the socket (a stale stream, a session
@@ -21,21 +23,34 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import aiohttp
-import orjson
 from aiohttp import WSMsgType
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from optionfeed.backoff import Backoff
 from optionfeed.collector.pacing import RequestPacer
-from optionfeed.deribit import jsonrpc
-from optionfeed.deribit.channels import InvalidChannel, parse_channel
-from optionfeed.deribit.errors import DeribitError, ErrorCode, ProtocolError, RpcError
+from optionfeed.collector.protocol import (
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    Answer,
+    Answered,
+    ChannelsAnswered,
+    ChannelsFailed,
+    ExchangeProtocol,
+    Failed,
+    Refusal,
+    Rejected,
+    Reply,
+    Retry,
+    Violation,
+)
+from optionfeed.deribit.errors import DeribitError, ErrorCode, RpcError
+from optionfeed.deribit.jsonrpc import Subscription
 from optionfeed.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -113,30 +128,6 @@ class Observer:
         """The exchange left out or refused ``channels``; they are retried unless refused."""
 
 
-def subscribe_batches(
-    channels: Iterable[str],
-    *,
-    max_channels: int = jsonrpc.MAX_CHANNELS_PER_SUBSCRIBE,
-    max_bytes: int = jsonrpc.MAX_FRAME_BYTES,
-) -> Iterator[list[str]]:
-    """Split channels into subscribe requests of at most ``max_channels`` and ``max_bytes``."""
-    # The envelope around the list, with a generous id, measured once.
-    overhead = len(jsonrpc.encode_request(2**53, "public/unsubscribe", {"channels": []}))
-    batch: list[str] = []
-    size = overhead
-    for channel in channels:
-        item = len(orjson.dumps(channel)) + 1  # the quoted name and its comma
-        if batch and (len(batch) >= max_channels or size + item > max_bytes):
-            yield batch
-            batch, size = [], overhead
-        if overhead + item > max_bytes:
-            raise ValueError(f"channel name too long for one request: {channel[:80]}...")
-        batch.append(channel)
-        size += item
-    if batch:
-        yield batch
-
-
 class ExchangeConnection:
     """One WebSocket to the exchange and the channels it should hold."""
 
@@ -161,13 +152,13 @@ class ExchangeConnection:
         self._observer = observer or Observer()
         self._rng = rng or random.Random()
         self._backoff = Backoff(settings.backoff_base, settings.backoff_cap, self._rng)
-        self._retry_backoff = Backoff(1.0, 60.0, self._rng)
 
-        self.held: set[str] = set()  # what this connection should be subscribed to
-        self.acked: set[str] = set()  # what the exchange acknowledged on the current session
-        self.refused: dict[str, str] = {}  # channel -> reason; not retried (e.g. raw without auth)
-        self._retry_at: dict[str, float] = {}  # left out by the exchange -> when to ask again
-        self._resubscribe: set[str] = set()  # held channels to unsubscribe and subscribe again
+        self._protocol = ExchangeProtocol(self._rng)
+        # What the connection should hold, what the exchange acknowledged on the current session,
+        # and what it refused for good (channel -> reason): the protocol's own sets.
+        self.held = self._protocol.held
+        self.acked = self._protocol.acked
+        self.refused = self._protocol.refused
 
         self._ws: BytesWebSocket | None = None
         self._ready = False  # hello/heartbeat done on the current session
@@ -176,9 +167,7 @@ class ExchangeConnection:
         self._end_reason: ConnectionLost | None = None
         self._wake = asyncio.Event()
         self._closed_event = asyncio.Event()
-        self._next_id = 0
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._ignored_ids: set[int] = set()
+        self._waiters: dict[int, asyncio.Future[Answer]] = {}  # request id -> its answer
         self.frames = 0
         self.notifications = 0
         self.last_frame_at = 0.0
@@ -191,25 +180,16 @@ class ExchangeConnection:
     # ----------------------------------------------------------------- the held set
 
     def add(self, channels: Iterable[str]) -> None:
-        new = set(channels) - self.held
-        if new:
-            self.held |= new
+        if self._protocol.add(channels):
             self._wake.set()
 
     def remove(self, channels: Iterable[str]) -> None:
-        gone = self.held & set(channels)
-        if gone:
-            self.held -= gone
-            for channel in gone:
-                self.refused.pop(channel, None)
-                self._retry_at.pop(channel, None)
+        if self._protocol.remove(channels):
             self._wake.set()
 
     def resubscribe(self, channels: Iterable[str]) -> None:
         """Unsubscribe and subscribe again (a book's fresh snapshot), on this session only."""
-        again = self.held & set(channels)
-        if again:
-            self._resubscribe |= again
+        if self._protocol.resubscribe(channels):
             self._wake.set()
 
     @property
@@ -223,7 +203,7 @@ class ExchangeConnection:
     @property
     def pending(self) -> frozenset[str]:
         """Held channels the exchange has not acknowledged (and did not refuse for good)."""
-        return frozenset(self.held - self.acked - self.refused.keys())
+        return self._protocol.pending
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -397,8 +377,7 @@ class ExchangeConnection:
             self._metrics.connections.dec()
             self._ws = None
             was_ready, self._ready = self._ready, False
-            lost_channels = frozenset(self.acked)
-            self.acked.clear()
+            lost_channels = self._protocol.connection_lost()
             self._metrics.subscribed_channels.dec(len(lost_channels))
         lost = self._end_reason or ConnectionLost(
             "closed_by_exchange", f"close code {ws.close_code}"
@@ -443,18 +422,13 @@ class ExchangeConnection:
             await self._read_frames(ws)
         finally:
             # Requests still waiting can never be answered now; fail them at once.
-            self._fail_pending(self._end_reason or ConnectionLost("closed"))
+            self._fail_waiters(self._end_reason or ConnectionLost("closed"))
 
     async def _read_frames(self, ws: BytesWebSocket) -> None:
         notification = self._sink.notification
-        rejected = self._sink.rejected
-        loads = orjson.loads
+        receive = self._protocol.receive
+        monotonic = time.monotonic
         text = WSMsgType.TEXT
-        # Notifications are taken only on channels this connection holds or still has
-        # acknowledged: an unsubscribe's answer follows every notification sent before it, so
-        # nothing the exchange sent while the channel was ours is refused. Both sets are only
-        # ever changed in place, so these names stay current.
-        held, acked = self.held, self.acked
         while True:
             msg = await ws.receive()
             if msg.type is not text:
@@ -466,113 +440,63 @@ class ExchangeConnection:
                     return
                 if msg.type is WSMsgType.BINARY:
                     detail = f"a binary frame ({len(msg.data)} bytes); the exchange sends text"
-                    await rejected(msg.data, "binary_frame", detail, time.time())
+                    await self._sink.rejected(msg.data, "binary_frame", detail, time.time())
                 continue
             raw: bytes = msg.data
             recv_ts = time.time()
             self.frames += 1
             self.last_frame_at = recv_ts
-            try:
-                frame = loads(raw)
-            except orjson.JSONDecodeError as exc:
-                await rejected(raw, *jsonrpc.why_unparsable(raw, exc), recv_ts)
-                continue
-            if type(frame) is dict and frame.get("method") == "subscription":
-                params = frame.get("params")
-                if type(params) is dict and type(params.get("channel")) is str and "data" in params:
-                    channel = params["channel"]
-                    if channel in acked or channel in held:
-                        self.notifications += 1
-                        await notification(channel, params["data"], raw, recv_ts)
-                    else:
-                        detail = (
-                            f"a notification on {channel[:200]!r}, "
-                            "a channel this connection did not subscribe to"
-                        )
-                        await rejected(raw, "unsubscribed_channel", detail, recv_ts, channel)
-                else:
-                    detail = jsonrpc.subscription_problem(params)
-                    await rejected(raw, "not_jsonrpc", detail, recv_ts)
-                continue
-            await self._control_frame(ws, frame, raw, recv_ts)
-
-    async def _control_frame(
-        self, ws: BytesWebSocket, frame: Any, raw: bytes, recv_ts: float
-    ) -> None:
-        """Everything that is not market data: responses, heartbeats, and the unexpected."""
-        try:
-            decoded = jsonrpc.decode_frame(raw)
-        except ProtocolError as exc:
-            await self._sink.rejected(raw, "not_jsonrpc", f"not a JSON-RPC frame: {exc}", recv_ts)
-            return
-        if isinstance(decoded, jsonrpc.Notification):
-            if decoded.method == "heartbeat":
-                if decoded.params.get("type") == "test_request":
-                    await self._answer_test_request(ws)
-                return  # plain heartbeats need no answer
-            detail = f"unexpected notification {decoded.method[:80]!r}"
-            await self._sink.rejected(raw, "unexpected_notification", detail, recv_ts)
-            return
-        request_id = decoded.id
-        if isinstance(request_id, int) and request_id in self._ignored_ids:
-            self._ignored_ids.discard(request_id)
-            return
-        future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
-        if future is None:
-            detail = f"a response to no request of ours (id {str(request_id)[:40]})"
-            await self._sink.rejected(raw, "unknown_response", detail, recv_ts)
-            return
-        if future.done():
-            return
-        if decoded.error is not None:
-            future.set_exception(decoded.error)
-        else:
-            future.set_result(decoded.result)
-
-    async def _answer_test_request(self, ws: BytesWebSocket) -> None:
-        request_id = self._new_id()
-        self._ignored_ids.add(request_id)
-        with contextlib.suppress(aiohttp.ClientError, ConnectionError, RuntimeError):
-            await ws.send_frame(
-                jsonrpc.encode_request(request_id, "public/test", {}), WSMsgType.TEXT
-            )
-
-    def _new_id(self) -> int:
-        self._next_id += 1
-        return self._next_id
+            event = receive(raw, monotonic())
+            if isinstance(event, Subscription):
+                self.notifications += 1
+                await notification(event.channel, event.data, raw, recv_ts)
+            elif isinstance(event, Rejected):
+                await self._sink.rejected(raw, event.reason, event.detail, recv_ts, event.channel)
+            elif isinstance(event, Reply):
+                with contextlib.suppress(aiohttp.ClientError, ConnectionError, RuntimeError):
+                    await ws.send_frame(event.frame, WSMsgType.TEXT)
+            elif event is not None:
+                waiter = self._waiters.pop(event.id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(event)
 
     async def request(self, method: str, params: dict[str, Any]) -> Any:
         """Send one request on the current session and wait for its result (or its error)."""
+        answer = await self._call(method, lambda: self._protocol.request(method, params))
+        if isinstance(answer, Failed):
+            raise answer.error
+        assert isinstance(answer, Answered)  # a plain request gets a plain answer
+        return answer.result
+
+    async def _call(self, method: str, send: Callable[[], tuple[int, bytes]]) -> Answer:
+        """Send the request ``send`` numbers and frames, paced; wait for its answer."""
         ws = self._ws
         if ws is None or ws.closed:
             raise ConnectionLost("not_connected")
         await self._pacer.acquire(method)
-        request_id = self._new_id()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        request_id, frame = send()
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = future
         try:
-            await ws.send_frame(jsonrpc.encode_request(request_id, method, params), WSMsgType.TEXT)
-        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
-            self._pending.pop(request_id, None)
-            raise ConnectionLost("send_failed", str(exc)) from exc
-        try:
+            try:
+                await ws.send_frame(frame, WSMsgType.TEXT)
+            except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+                raise ConnectionLost("send_failed", str(exc)) from exc
             return await asyncio.wait_for(future, self.settings.request_timeout)
         except TimeoutError:
             raise ConnectionLost(
                 "request_timeout", f"{method} unanswered after {self.settings.request_timeout:g} s"
             ) from None
-        except RpcError as exc:
-            raise RpcError(exc.code, exc.message, exc.data, method=method) from None
         finally:
-            self._pending.pop(request_id, None)
+            self._waiters.pop(request_id, None)
+            self._protocol.abandon(request_id)
 
-    def _fail_pending(self, reason: ConnectionLost) -> None:
-        for future in self._pending.values():
+    def _fail_waiters(self, reason: ConnectionLost) -> None:
+        for future in self._waiters.values():
             if not future.done():
                 future.set_exception(ConnectionLost(reason.reason, reason.detail))
                 future.exception()  # retrieved here: nobody may be waiting any more
-        self._pending.clear()
-        self._ignored_ids.clear()
+        self._waiters.clear()
 
     # ----------------------------------------------------------------- keeping subscriptions
 
@@ -583,8 +507,9 @@ class ExchangeConnection:
                 self._wake.clear()
                 await self._reconcile()
                 timeout = None
-                if self._retry_at:
-                    timeout = max(0.0, min(self._retry_at.values()) - time.monotonic())
+                retry_at = self._protocol.next_retry_at()
+                if retry_at is not None:
+                    timeout = max(0.0, retry_at - time.monotonic())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
         except ConnectionLost as exc:
@@ -592,123 +517,91 @@ class ExchangeConnection:
             await ws.close()
 
     async def _reconcile(self) -> None:
-        again = sorted(self._resubscribe & self.acked)
-        self._resubscribe.clear()
-        for batch in subscribe_batches(again):
-            if await self._call_channels("public/unsubscribe", batch) is not None:
-                gone = self.acked & set(batch)
-                self.acked -= gone
-                self._metrics.subscribed_channels.dec(len(gone))
-        now = time.monotonic()
-        due = {c for c, at in self._retry_at.items() if at <= now}
-        waiting = self._retry_at.keys() - due
-        to_subscribe = sorted(self.held - self.acked - self.refused.keys() - waiting)
-        for batch in subscribe_batches(to_subscribe):
-            batch = [c for c in batch if c in self.held]  # removed while we waited for credits
+        protocol = self._protocol
+        for batch in protocol.take_resubscribes():
+            await self._call_channels(UNSUBSCRIBE, batch)
+        for batch in protocol.due_subscribes(time.monotonic()):
+            batch = protocol.still_held(batch)  # removed while earlier batches were answered
             if batch:
-                await self._subscribe(batch)
-        to_unsubscribe = sorted(self.acked - self.held)
-        for batch in subscribe_batches(to_unsubscribe):
-            result = await self._call_channels("public/unsubscribe", batch)
-            if result is None:
-                continue
-            removed = self.acked & set(batch)
-            self.acked -= removed
-            self._metrics.subscribed_channels.dec(len(removed))
+                await self._call_channels(SUBSCRIBE, batch)
+        for batch in protocol.due_unsubscribes():
+            await self._call_channels(UNSUBSCRIBE, batch)
 
-    async def _call_channels(self, method: str, batch: list[str]) -> list[str] | None:
-        """Send a subscribe/unsubscribe; None when it failed in a way already handled."""
+    async def _call_channels(self, method: str, batch: list[str]) -> None:
+        """Send a subscribe/unsubscribe and act on its answer (the protocol already applied it)."""
+        protocol = self._protocol
+        send = protocol.subscribe if method == SUBSCRIBE else protocol.unsubscribe
         # One span per request (at most 500 channels), a child of the session's span.
         with tracer.start_as_current_span(
-            "optionfeed.subscribe" if method == "public/subscribe" else "optionfeed.unsubscribe",
+            "optionfeed.subscribe" if method == SUBSCRIBE else "optionfeed.unsubscribe",
             context=trace.set_span_in_context(self._session_span),
             kind=SpanKind.CLIENT,
             attributes={"rpc.method": method, "optionfeed.channels.requested": len(batch)},
         ) as span:
-            try:
-                result = await self.request(method, {"channels": batch})
-            except RpcError as exc:
+            answer = await self._call(method, lambda: send(batch))
+            if isinstance(answer, Violation):
+                raise ConnectionLost("protocol_error", answer.detail)
+            if isinstance(answer, ChannelsFailed):
+                error = answer.error
                 span.set_attributes(
-                    {"optionfeed.error.code": exc.code, "optionfeed.error.message": exc.message}
+                    {"optionfeed.error.code": error.code, "optionfeed.error.message": error.message}
                 )
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                self._request_failed(batch, exc)
-                return None
-            if not isinstance(result, list):
-                raise ConnectionLost("protocol_error", f"{method} answered {type(result).__name__}")
-            granted = [c for c in result if isinstance(c, str)]
-            span.set_attribute("optionfeed.channels.granted", len(granted))
-            left_out = len(set(batch) - set(granted))
-            if left_out and method == "public/subscribe":
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+                self._channels_failed(answer)
+                return
+            assert isinstance(answer, ChannelsAnswered)  # a channel request gets a channel answer
+            span.set_attribute("optionfeed.channels.granted", len(answer.granted))
+            if answer.retry is not None:
+                left_out = len(answer.retry.channels)
                 span.set_attribute("optionfeed.channels.left_out", left_out)
                 span.set_status(Status(StatusCode.ERROR, f"{left_out} channel(s) left out"))
-            return granted
+            self._channels_answered(answer)
 
-    async def _subscribe(self, batch: list[str]) -> None:
-        result = await self._call_channels("public/subscribe", batch)
-        if result is None:
-            return
-        requested = set(batch)
-        granted = requested & set(result)
-        newly = granted - self.acked
-        self.acked |= granted
-        self._metrics.subscribed_channels.inc(len(newly))
-        for channel in granted:
-            self._retry_at.pop(channel, None)
-        left_out = requested - granted
-        if left_out:
-            self._schedule_retry(left_out, "left_out")
-        if granted:
+    def _channels_answered(self, answer: ChannelsAnswered) -> None:
+        self._metrics.subscribed_channels.inc(len(answer.added))
+        self._metrics.subscribed_channels.dec(len(answer.removed))
+        if answer.retry is not None:
+            self._retry_scheduled(answer.retry)
+        if answer.method == SUBSCRIBE and answer.acknowledged:
             self._backoff.reset()  # a productive session: the next disconnect starts afresh
-            if not self._retry_at:
-                self._retry_backoff.reset()
-        if newly:
-            self._observer.connected(self, frozenset(newly), time.time())
+        if answer.added:
+            self._observer.connected(self, answer.added, time.time())
 
-    def _schedule_retry(self, channels: set[str], reason: str) -> None:
-        delay = max(1.0, self._retry_backoff.next_delay())
-        at = time.monotonic() + delay
-        for channel in channels:
-            self._retry_at[channel] = at
-        self._metrics.subscribe_failures_total.labels(reason).inc(len(channels))
-        sample = ", ".join(sorted(channels)[:3])
+    def _channels_failed(self, failure: ChannelsFailed) -> None:
+        if failure.ends_session:
+            raise ConnectionLost("rate_limited", str(failure.error))
+        if failure.refusal is not None:
+            self._refused(failure.refusal)
+        if failure.retry is not None:
+            self._retry_scheduled(failure.retry)
+        if failure.ask_again_now:
+            self._wake.set()
+
+    def _retry_scheduled(self, retry: Retry) -> None:
+        channels = retry.channels
+        self._metrics.subscribe_failures_total.labels(retry.reason).inc(len(channels))
         log.warning(
             "connection %d: the exchange did not subscribe %d channel(s) (%s; e.g. %s); "
             "asking again in %.1f s",
             self.index,
             len(channels),
-            reason,
-            sample,
-            delay,
+            retry.reason,
+            ", ".join(sorted(channels)[:3]),
+            retry.delay,
         )
-        self._observer.subscribe_failed(self, frozenset(channels), reason)
+        self._observer.subscribe_failed(self, channels, retry.reason)
 
-    def _refuse(self, channels: set[str], reason: str, detail: str) -> None:
-        for channel in channels:
-            self.refused[channel] = reason
-            self._retry_at.pop(channel, None)
-        self._metrics.subscribe_failures_total.labels(reason).inc(len(channels))
+    def _refused(self, refusal: Refusal) -> None:
+        channels = refusal.channels
+        self._metrics.subscribe_failures_total.labels(refusal.reason).inc(len(channels))
         log.error(
             "connection %d: the exchange refused %d channel(s) for good (%s); e.g. %s",
             self.index,
             len(channels),
-            detail,
+            refusal.detail,
             ", ".join(sorted(channels)[:3]),
         )
-        self._observer.subscribe_failed(self, frozenset(channels), reason)
-
-    def _request_failed(self, batch: list[str], exc: RpcError) -> None:
-        if exc.ends_session:
-            raise ConnectionLost("rate_limited", str(exc))
-        if exc.code == ErrorCode.RAW_SUBSCRIPTIONS_NOT_AVAILABLE_FOR_UNAUTHORIZED:
-            raw = {c for c in batch if _is_raw(c)}
-            # The whole request failed; the non-raw channels are asked for again at once.
-            self._refuse(raw or set(batch), "unauthorized", str(exc))
-            self._wake.set()
-        elif exc.transient:
-            self._schedule_retry(set(batch), "maintenance" if exc.code == 11051 else "transient")
-        else:
-            self._refuse(set(batch), "error", str(exc))
+        self._observer.subscribe_failed(self, channels, refusal.reason)
 
     async def _watchdog(self, ws: BytesWebSocket) -> None:
         """Close a stream that went silent without closing, so the session can be replaced.
@@ -726,7 +619,7 @@ class ExchangeConnection:
             now = time.monotonic()
             if self.frames != frames:
                 frames, frames_since = self.frames, now
-            if self.notifications != notes or not self._holds_tickers():
+            if self.notifications != notes or not self._protocol.holds_tickers():
                 notes, notes_since = self.notifications, now
             if now - frames_since >= timeout:
                 reason = f"no frame for {now - frames_since:.1f} s"
@@ -737,13 +630,3 @@ class ExchangeConnection:
             self._end(ConnectionLost("stale", reason))
             await ws.close()
             return
-
-    def _holds_tickers(self) -> bool:
-        return any(c.startswith("ticker.") for c in self.acked)
-
-
-def _is_raw(channel: str) -> bool:
-    try:
-        return parse_channel(channel).is_raw
-    except InvalidChannel:
-        return False

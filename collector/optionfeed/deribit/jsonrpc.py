@@ -3,6 +3,9 @@
 Both ends use this module: the collector encodes requests and decodes what arrives, the simulator
 decodes requests and encodes responses and notifications. Responses carry Deribit's extras
 ``usIn``, ``usOut``, ``usDiff`` and ``testnet``; notifications carry none of them.
+:func:`parse_message` is the one reader of a frame from the exchange (the collector's connection
+and the simulator's capture replay); a ``subscription`` notification is written as
+:func:`subscription_prefix`, its ``data``, then :data:`SUBSCRIPTION_SUFFIX`.
 """
 
 from __future__ import annotations
@@ -37,23 +40,23 @@ class Response:
     us_out: int | None = None
 
 
+@dataclass(slots=True)  # not frozen: one is built per market-data frame, and frozen costs more
+class Subscription:
+    """A ``subscription`` notification: market data on one channel."""
+
+    channel: str
+    data: Any
+
+
 @dataclass(frozen=True, slots=True)
 class Notification:
-    """A server push: ``subscription`` (channel + data) or ``heartbeat`` (type)."""
+    """Any other server push, such as ``heartbeat`` (``params.type``)."""
 
     method: str
     params: dict[str, Any]
 
-    @property
-    def channel(self) -> str:
-        return str(self.params.get("channel", ""))
 
-    @property
-    def data(self) -> Any:
-        return self.params.get("data")
-
-
-Frame = Response | Notification
+Frame = Response | Subscription | Notification
 
 
 def loads(raw: str | bytes) -> Any:
@@ -98,31 +101,45 @@ def encode_request(
     return orjson.dumps(body)
 
 
-def decode_frame(raw: str | bytes) -> Frame:
-    """Decode one frame the exchange sent; raise :class:`ProtocolError` when it is malformed."""
-    msg = loads(raw)
-    if not isinstance(msg, dict):
-        raise ProtocolError("frame is not a JSON object", raw)
-    method = msg.get("method")
+def parse_message(msg: Any, raw: str | bytes) -> Frame:
+    """What one decoded frame from the exchange is; raise :class:`ProtocolError` if malformed.
+
+    ``msg`` is ``raw`` already parsed from JSON. A ``subscription`` must carry ``params`` with a
+    string ``channel`` and a ``data`` member; its error says which is missing.
+    """
+    if type(msg) is dict:
+        method = msg.get("method")
+        if method == "subscription":
+            params = msg.get("params")
+            if type(params) is dict and type(params.get("channel")) is str and "data" in params:
+                return Subscription(params["channel"], params["data"])
+            raise ProtocolError(subscription_problem(params), raw)
+    else:
+        raise ProtocolError("not a JSON-RPC frame: not a JSON object", raw)
     if method is not None:
         params = msg.get("params")
         if not isinstance(method, str) or not isinstance(params, dict):
-            raise ProtocolError("notification without a method name and params object", raw)
-        if method == "subscription" and not isinstance(params.get("channel"), str):
-            raise ProtocolError("subscription notification without a channel", raw)
+            raise ProtocolError(
+                "not a JSON-RPC frame: a notification without a method name and params object", raw
+            )
         return Notification(method, params)
     if "id" not in msg and "result" not in msg and "error" not in msg:
-        raise ProtocolError("frame is neither a response nor a notification", raw)
+        raise ProtocolError("not a JSON-RPC frame: neither a response nor a notification", raw)
     # REST answers carry no id (real captures); WebSocket answers echo the request's.
     error = msg.get("error")
     if error is not None:
         if not isinstance(error, dict) or not isinstance(error.get("code"), int):
-            raise ProtocolError("error object without an integer code", raw)
+            raise ProtocolError("not a JSON-RPC frame: an error without an integer code", raw)
         rpc_error = RpcError(error["code"], str(error.get("message", "")), error.get("data"))
         return Response(msg.get("id"), None, rpc_error, msg.get("usIn"), msg.get("usOut"))
     if "result" not in msg:
-        raise ProtocolError("response with neither result nor error", raw)
+        raise ProtocolError("not a JSON-RPC frame: a response with neither result nor error", raw)
     return Response(msg.get("id"), msg["result"], None, msg.get("usIn"), msg.get("usOut"))
+
+
+def decode_frame(raw: str | bytes) -> Frame:
+    """Decode one frame the exchange sent; raise :class:`ProtocolError` when it is malformed."""
+    return parse_message(loads(raw), raw)
 
 
 def decode_request(raw: str | bytes) -> Request:
@@ -200,21 +217,26 @@ def encode_error(
     )
 
 
-def encode_notification(channel: str, data: Any) -> bytes:
-    return orjson.dumps(
-        {"jsonrpc": JSONRPC, "method": "subscription", "params": {"channel": channel, "data": data}}
-    )
-
-
-def encode_subscription_raw(channel: str, data_json: bytes) -> bytes:
-    """A subscription notification around ``data`` that is already serialised (the fast path)."""
+def subscription_prefix(channel: str) -> bytes:
+    """Everything of a ``subscription`` notification before its ``data`` value."""
     return (
         b'{"jsonrpc":"2.0","method":"subscription","params":{"channel":'
         + orjson.dumps(channel)
         + b',"data":'
-        + data_json
-        + b"}}"
     )
+
+
+SUBSCRIPTION_SUFFIX = b"}}"
+"""Everything of a ``subscription`` notification after its ``data`` value."""
+
+
+def subscription_data_json(raw: bytes, channel: str) -> bytes | None:
+    """The ``data`` text of a notification on ``channel`` laid out as this module encodes it,
+    byte for byte; None for any other layout (other spacing or member order)."""
+    prefix = subscription_prefix(channel)
+    if raw.startswith(prefix) and raw.endswith(SUBSCRIPTION_SUFFIX):
+        return raw[len(prefix) : -len(SUBSCRIPTION_SUFFIX)]
+    return None
 
 
 TEST_REQUEST = orjson.dumps(

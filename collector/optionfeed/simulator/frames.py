@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-import orjson
+from optionfeed.deribit.jsonrpc import SUBSCRIPTION_SUFFIX
 
 OP_TEXT = 0x1
 OP_CLOSE = 0x8
@@ -36,18 +36,6 @@ def close_frame(code: int, reason: str = "") -> bytes:
     return bytes((_FIN | OP_CLOSE, len(body))) + body
 
 
-def subscription_prefix(channel: str) -> bytes:
-    """Everything of a notification before its ``data`` value."""
-    return (
-        b'{"jsonrpc":"2.0","method":"subscription","params":{"channel":'
-        + orjson.dumps(channel)
-        + b',"data":'
-    )
-
-
-NOTIFICATION_SUFFIX = b"}}"
-
-
 # Text frame headers by payload length, for every length below 64 KiB (built once, ~3 MB).
 _HEADERS: list[bytes] = [_TEXT_HEADER_SHORT + bytes((n,)) for n in range(126)]
 
@@ -62,6 +50,6 @@ def text_header(n: int) -> bytes:
 
 
 def notification_frame(prefix: bytes, data: bytes) -> bytes:
-    """The frame of ``{"jsonrpc":"2.0","method":"subscription","params":{channel, data}}``."""
-    header = text_header(len(prefix) + len(data) + 2)
-    return b"".join((header, prefix, data, NOTIFICATION_SUFFIX))
+    """The frame of a notification: ``prefix`` (:func:`jsonrpc.subscription_prefix`), ``data``."""
+    header = text_header(len(prefix) + len(data) + len(SUBSCRIPTION_SUFFIX))
+    return b"".join((header, prefix, data, SUBSCRIPTION_SUFFIX))

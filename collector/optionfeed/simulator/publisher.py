@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from optionfeed.deribit import jsonrpc
 from optionfeed.deribit.channels import Channel, InvalidChannel, Kind, parse_channel
 from optionfeed.simulator import frames
 from optionfeed.simulator.book import BookEntry
@@ -45,7 +46,7 @@ CURRENCY_ANY = "any"
 _dumps = orjson.dumps
 _frame = frames.notification_frame
 _header = frames.text_header
-_SUFFIX = frames.NOTIFICATION_SUFFIX
+_SUFFIX = jsonrpc.SUBSCRIPTION_SUFFIX
 
 
 class Feed:
@@ -57,7 +58,7 @@ class Feed:
         self.name = name
         self.channel = channel
         self.instrument = channel.instrument
-        self.prefix = frames.subscription_prefix(name)
+        self.prefix = jsonrpc.subscription_prefix(name)
         self.subscribers: dict[Session, ChannelStats] = {}
 
     def emit(
@@ -65,7 +66,7 @@ class Feed:
     ) -> None:
         """Frame ``data`` once and queue the frame on every subscriber."""
         prefix = self.prefix
-        size = len(prefix) + len(data) + 2
+        size = len(prefix) + len(data) + len(_SUFFIX)
         frame = b"".join((_header(size), prefix, data, _SUFFIX))
         size = len(frame)
         for session, stats in self.subscribers.items():

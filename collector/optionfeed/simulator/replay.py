@@ -45,8 +45,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from optionfeed.deribit import jsonrpc
 from optionfeed.deribit.channels import InvalidChannel, parse_channel
-from optionfeed.simulator import frames
+from optionfeed.deribit.errors import ProtocolError
 from optionfeed.simulator.clock import Clock
 from optionfeed.simulator.faults import Faults
 from optionfeed.simulator.ledger import Generated, Ledger
@@ -73,13 +74,6 @@ class Captured:
     data: Any  # the same, decoded
 
 
-def _data_slice(frame: bytes, channel: str) -> bytes | None:
-    prefix = frames.subscription_prefix(channel)
-    if frame.startswith(prefix) and frame.endswith(frames.NOTIFICATION_SUFFIX):
-        return frame[len(prefix) : -len(frames.NOTIFICATION_SUFFIX)]
-    return None
-
-
 def parse_ws_capture(lines: Iterable[bytes]) -> list[Captured]:
     """The subscription notifications of a WebSocket capture, in capture order."""
     out: list[Captured] = []
@@ -88,22 +82,24 @@ def parse_ws_capture(lines: Iterable[bytes]) -> list[Captured]:
         match = _RECEIVED.match(line)
         if match is None:
             continue  # connection headers, frames the client sent, blank lines
+        raw = match["json"]
         try:
-            message = orjson.loads(match["json"])
+            message = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise CaptureError(f"line {number}: not JSON: {exc}") from None
-        if not isinstance(message, dict) or message.get("method") != "subscription":
-            continue
-        params = message.get("params")
-        if not isinstance(params, dict) or not isinstance(params.get("channel"), str):
-            raise CaptureError(f"line {number}: a subscription without params.channel")
-        channel = params["channel"]
-        raw = match["json"]
-        data_json = _data_slice(raw, channel)
+        try:
+            frame = jsonrpc.parse_message(message, raw)
+        except ProtocolError as exc:
+            if isinstance(message, dict) and message.get("method") == "subscription":
+                raise CaptureError(f"line {number}: {exc}") from None
+            continue  # not a frame the replay serves
+        if not isinstance(frame, jsonrpc.Subscription):
+            continue  # responses, heartbeats
+        data_json = jsonrpc.subscription_data_json(raw, frame.channel)
         if data_json is None:
             # Another envelope layout: keep the data's meaning, re-serialised.
-            data_json = memoryview(orjson.dumps(params.get("data"))).tobytes()
-        out.append(Captured(float(match["t"]), channel, data_json, params.get("data")))
+            data_json = memoryview(orjson.dumps(frame.data)).tobytes()
+        out.append(Captured(float(match["t"]), frame.channel, data_json, frame.data))
     return out
 
 
