@@ -241,7 +241,7 @@ def read_configmap(configmap: Mapping[str, Any] | None) -> StoredAssignment | No
     if stored is None or not recorded or not key:
         return None
     return StoredAssignment(
-        instruments=sum(len(names) for names in stored[1]),
+        instruments=sum(len(document.instruments) for document in stored),
         hash=str(recorded),
         ranking_key=str(key),
         ranked_at=ranked_at,

@@ -264,8 +264,8 @@ class _UsageError(Exception):
 
 def run(args: argparse.Namespace) -> int:
     from optionfeed.collector.app import Collector, CollectorConfig, install_signal_handlers
-    from optionfeed.collector.assignment import InvalidAssignment
     from optionfeed.deribit.errors import DeribitError
+    from optionfeed.shard_document import InvalidShardDocument
     from optionfeed.store.errors import StoreError
     from optionfeed.telemetry import tracing
 
@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     traces = tracing.setup("optionfeed-collector", _trace_identity(config))
     try:
         asyncio.run(main())
-    except InvalidAssignment as exc:
+    except InvalidShardDocument as exc:
         print(f"optionfeed collect: error: {exc}", file=sys.stderr)
         return 2
     except (StoreError, DeribitError) as exc:
@@ -307,7 +307,8 @@ def _trace_identity(config: CollectorConfig) -> dict[str, str]:
 
     The shard is a string, as in OTEL_RESOURCE_ATTRIBUTES (all strings) that the operator sets.
     """
-    from optionfeed.collector.assignment import InvalidAssignment, read_assignment
+    from optionfeed.collector.assignment import read_assignment
+    from optionfeed.shard_document import InvalidShardDocument
     from optionfeed.telemetry import tracing
 
     if config.local is not None:
@@ -315,6 +316,6 @@ def _trace_identity(config: CollectorConfig) -> dict[str, str]:
     assert config.assignment_path is not None
     try:
         assignment = read_assignment(config.assignment_path)
-    except InvalidAssignment:
+    except InvalidShardDocument:
         return {}  # reported as a usage error by the run itself
     return {tracing.FEED_ATTRIBUTE: assignment.feed, tracing.SHARD_ATTRIBUTE: str(assignment.shard)}
