@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from optionfeed.deribit.exchange import DEFAULT_EXCHANGE_URL, OPTION_CURRENCIES
 from optionfeed.settings import add_option, port_number, positive_float
 from optionfeed.store.command import add_timescale_arguments, timescale_settings
+from optionfeed.telemetry import endpoints
 
 if TYPE_CHECKING:
     from optionfeed.collector.app import CollectorConfig
@@ -146,7 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         run,
         "--metrics-port",
         type=port_number,
-        default=9464,
+        default=endpoints.DEFAULT_PORT,
         metavar="PORT",
         help="serve /metrics, /livez and /readyz on this port; 0 turns it off",
     )
