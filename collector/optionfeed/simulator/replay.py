@@ -46,6 +46,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from optionfeed.deribit.channels import InvalidChannel, parse_channel
+from optionfeed.deribit.instruments import InstrumentState
 from optionfeed.simulator import frames
 from optionfeed.simulator.clock import Clock
 from optionfeed.simulator.faults import Faults
@@ -426,7 +427,7 @@ class ReplaySource:
             yield Generated(
                 instrument=name,
                 currency=state.currency,
-                state="open",
+                state=InstrumentState.OPEN,
                 expiration_timestamp=int(expiry),
                 events=state.events,
                 first_timestamp=state.first_ts,
