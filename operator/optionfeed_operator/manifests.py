@@ -152,11 +152,6 @@ def feed_selector(feed_name: str) -> str:
     return f"{Labels.NAME.value}={COMPONENT},{Labels.FEED.value}={feed_name}"
 
 
-def children_selector(feed_name: str) -> str:
-    """Selects the children the operator made for the feed (to list them, and find the extras)."""
-    return f"{Labels.MANAGED_BY.value}={FIELD_MANAGER},{Labels.FEED.value}={feed_name}"
-
-
 def owner_reference(feed: FeedSpec) -> dict[str, Any]:
     """The controller reference to the feed, the same shape as ``kopf.build_owner_reference``.
 
