@@ -10,7 +10,11 @@ selected never moves between the shards that remain.
 The weight is BLAKE2b of the pair, never Python's ``hash()``, which is salted per process and
 would reshuffle every instrument on each operator restart.
 
-Callers: :mod:`optionfeed_operator.reconcile` (to write the ConfigMap) and the tests.
+The documents themselves, their fields, rendering and parsing, are
+:mod:`optionfeed.shard_document`, which the collector reads them with.
+
+Callers: :mod:`optionfeed_operator.reconcile` (to write the ConfigMap) and
+:mod:`optionfeed_operator.manifests` (to read it back).
 """
 
 from __future__ import annotations
@@ -19,8 +23,14 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NotRequired, TypedDict, cast
+from typing import Any
 
+from optionfeed.shard_document import (
+    InvalidShardDocument,
+    ShardDocument,
+    parse_shard_document,
+    render_shard_document,
+)
 from optionfeed_operator.api import FeedSpec
 
 _PERSON = b"optionfeed-hrw"  # BLAKE2b personalisation: these weights mean nothing elsewhere.
@@ -49,38 +59,7 @@ def assign(instruments: Iterable[str], shards: int) -> tuple[tuple[str, ...], ..
     return tuple(tuple(bucket) for bucket in buckets)
 
 
-def moved(
-    before: Sequence[Iterable[str]], after: Sequence[Iterable[str]]
-) -> dict[str, tuple[int, int]]:
-    """Instruments present in both assignments that changed shard: name -> (old, new)."""
-    old = {name: shard for shard, names in enumerate(before) for name in names}
-    new = {name: shard for shard, names in enumerate(after) for name in names}
-    return {
-        name: (old[name], new[name])
-        for name in sorted(old.keys() & new.keys())
-        if old[name] != new[name]
-    }
-
-
 # --- the documents ----------------------------------------------------------------------------
-
-
-class ShardDocument(TypedDict):
-    """The content of ``shard-<i>.json`` (docs/design.md: "Assignment: operator → collector")."""
-
-    feed: str
-    namespace: str
-    shard: int
-    shards: int
-    generation: int
-    currency: str
-    interval: str
-    channels: list[str]
-    instruments: list[str]
-    exchangeUrl: str
-    # With tracing on: the W3C trace context of the reconcile pass that wrote this version, for
-    # the collector's reload span to link to. Not part of the assignment hash.
-    traceparent: NotRequired[str]
 
 
 def document_key(shard: int) -> str:
@@ -91,26 +70,19 @@ def document_key(shard: int) -> str:
 def shard_document(
     feed: FeedSpec, shard: int, instruments: Sequence[str], *, traceparent: str | None = None
 ) -> ShardDocument:
-    document: ShardDocument = {
-        "feed": feed.name,
-        "namespace": feed.namespace,
-        "shard": shard,
-        "shards": feed.shards,
-        "generation": feed.generation,
-        "currency": feed.currency,
-        "interval": str(feed.interval),
-        "channels": list(feed.channels),
-        "instruments": list(instruments),
-        "exchangeUrl": feed.exchange_url,
-    }
-    if traceparent is not None:
-        document["traceparent"] = traceparent
-    return document
-
-
-def encode_document(document: ShardDocument) -> str:
-    """Deterministic JSON, one instrument a line, so ``kubectl get -o yaml`` stays readable."""
-    return json.dumps(document, indent=1, ensure_ascii=False) + "\n"
+    return ShardDocument(
+        feed=feed.name,
+        namespace=feed.namespace,
+        shard=shard,
+        shards=feed.shards,
+        generation=feed.generation,
+        currency=feed.currency,
+        interval=feed.interval,
+        channels=feed.channels,
+        instruments=tuple(instruments),
+        exchange_url=feed.exchange_url,
+        traceparent=traceparent,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,32 +97,28 @@ class Assignment:
     def instruments(self) -> int:
         return sum(len(names) for names in self.shards)
 
-    def selection(self) -> frozenset[str]:
-        return frozenset(name for names in self.shards for name in names)
+
+def _hashed_facts(document: ShardDocument) -> dict[str, Any]:
+    """What every shard's document says alike and the collectors act on; the generation, the
+    feed's name and the trace context are left out."""
+    return {
+        "currency": document.currency,
+        "interval": document.interval.value,
+        "channels": list(document.channels),
+        "exchangeUrl": document.exchange_url,
+    }
 
 
-def assignment_hash(feed_facts: Mapping[str, Any], shards: Sequence[Sequence[str]]) -> str:
+def assignment_hash(documents: Sequence[ShardDocument]) -> str:
     """A short hash of what the collectors do: each shard's instruments, plus the channels,
     interval, currency and exchange. The feed's generation is left out, so an edit that changes
     none of these (say, the collector's resources) keeps the hash."""
     canonical = json.dumps(
-        {**feed_facts, "shards": [list(names) for names in shards]},
+        {**_hashed_facts(documents[0]), "shards": [list(d.instruments) for d in documents]},
         sort_keys=True,
         separators=(",", ":"),
     )
     return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
-
-
-_FACT_KEYS = ("currency", "interval", "channels", "exchangeUrl")
-
-
-def _hashed_facts(feed: FeedSpec) -> dict[str, Any]:
-    return {
-        "currency": feed.currency,
-        "interval": str(feed.interval),
-        "channels": list(feed.channels),
-        "exchangeUrl": feed.exchange_url,
-    }
 
 
 def build_assignment(
@@ -158,70 +126,58 @@ def build_assignment(
 ) -> Assignment:
     """Assign ``selection`` to ``feed.shards`` shards and render every shard's document."""
     shards = assign(selection, feed.shards)
-    documents = {
-        document_key(i): encode_document(shard_document(feed, i, names, traceparent=traceparent))
-        for i, names in enumerate(shards)
-    }
+    documents = [
+        shard_document(feed, i, names, traceparent=traceparent) for i, names in enumerate(shards)
+    ]
     return Assignment(
-        shards=shards, documents=documents, hash=assignment_hash(_hashed_facts(feed), shards)
+        shards=shards,
+        documents={document_key(d.shard): render_shard_document(d) for d in documents},
+        hash=assignment_hash(documents),
     )
 
 
-def read_documents(
-    data: Mapping[str, str],
-) -> tuple[dict[str, Any], tuple[tuple[str, ...], ...]] | None:
-    """The hashed facts and each shard's instruments from a ConfigMap's ``data``; None unless
-    ``shard-0.json`` … ``shard-<n-1>.json`` (n from the documents' ``shards``) are all there, each
-    parses as the document of its shard, and all agree on the facts. Other keys are ignored."""
-    facts: dict[str, Any] | None = None
-    shards: list[tuple[str, ...]] = []
-    count = 1
-    i = 0
-    while i < count:
-        try:
-            document = json.loads(data[document_key(i)])
-        except (KeyError, ValueError):
+def _parsed(data: Mapping[str, str], shard: int) -> ShardDocument | None:
+    key = document_key(shard)
+    try:
+        document = parse_shard_document(data[key], where=key)
+    except (KeyError, InvalidShardDocument):
+        return None
+    return document if document.shard == shard else None
+
+
+def read_documents(data: Mapping[str, str]) -> tuple[ShardDocument, ...] | None:
+    """Every shard's document from a ConfigMap's ``data``; None unless ``shard-0.json`` …
+    ``shard-<n-1>.json`` (n from the documents' ``shards``) are all there, each is a valid
+    document of its shard, and all agree on the shard count and the hashed facts. Other keys
+    are ignored."""
+    first = _parsed(data, 0)
+    if first is None:
+        return None
+    documents = [first]
+    for shard in range(1, first.shards):
+        document = _parsed(data, shard)
+        if (
+            document is None
+            or document.shards != first.shards
+            or _hashed_facts(document) != _hashed_facts(first)
+        ):
             return None
-        if not isinstance(document, dict) or document.get("shard") != i:
-            return None
-        names = document.get("instruments")
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            return None
-        these = {key: document.get(key) for key in (*_FACT_KEYS, "shards")}
-        if facts is None:
-            facts = these
-            total = these["shards"]
-            if not isinstance(total, int) or isinstance(total, bool) or total < 1:
-                return None
-            count = total
-        elif these != facts:
-            return None
-        shards.append(tuple(cast(list[str], names)))
-        i += 1
-    assert facts is not None
-    facts.pop("shards")
-    return facts, tuple(shards)
+        documents.append(document)
+    return tuple(documents)
 
 
 def stored_traceparent(data: Mapping[str, str] | None) -> str | None:
     """The trace context the documents in a ConfigMap's ``data`` carry, if any (from shard 0's:
     every shard's document carries the same)."""
-    try:
-        document = json.loads((data or {})[document_key(0)])
-    except (KeyError, ValueError):
-        return None
-    value = document.get("traceparent") if isinstance(document, dict) else None
-    return value if isinstance(value, str) else None
+    document = _parsed(data or {}, 0)
+    return document.traceparent if document is not None else None
 
 
 def verified_selection(data: Mapping[str, str], expected_hash: str | None) -> frozenset[str] | None:
     """The selection stored in a ConfigMap's ``data``, if its documents are intact: they parse,
     and their assignment hash is the one the operator recorded beside them. A hand-edited
     document fails the check."""
-    stored = read_documents(data)
-    if stored is None or expected_hash is None:
+    documents = read_documents(data)
+    if documents is None or expected_hash is None or assignment_hash(documents) != expected_hash:
         return None
-    facts, shards = stored
-    if assignment_hash(facts, shards) != expected_hash:
-        return None
-    return frozenset(name for names in shards for name in names)
+    return frozenset(name for d in documents for name in d.instruments)

@@ -35,6 +35,8 @@ from datetime import datetime
 from typing import Any
 
 from optionfeed import __version__
+from optionfeed.telemetry import endpoints
+from optionfeed.telemetry.tracing import ENDPOINT_VARIABLES, PROTOCOL_VARIABLES, endpoint
 from optionfeed_operator.api import (
     API_VERSION,
     COMPONENT,
@@ -54,7 +56,6 @@ from optionfeed_operator.assignment import (
 
 DEFAULT_IMAGE = f"ghcr.io/optionfeed/optionfeed:{__version__}"
 CONTAINER_NAME = "collector"
-METRICS_PORT = 9464
 ASSIGNMENT_DIR = "/etc/optionfeed"
 ASSIGNMENT_FILE = "assignment.json"
 ASSIGNMENT_PATH = f"{ASSIGNMENT_DIR}/{ASSIGNMENT_FILE}"
@@ -76,10 +77,8 @@ COLLECTOR_SERVICE_NAME = "optionfeed-collector"
 POD_NAME_ENV = "K8S_POD_NAME"
 # The operator's own settings that collectors inherit, when the operator has them.
 INHERITED_OTEL_ENV = (
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    *ENDPOINT_VARIABLES,
+    *PROTOCOL_VARIABLES,
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
 )
@@ -102,12 +101,9 @@ class CollectorTracing:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> CollectorTracing | None:
         """The settings to pass on, or None when the operator has no OTLP endpoint."""
-        if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        if endpoint(environ) is None:
             return None
-        env = {name: environ[name] for name in INHERITED_OTEL_ENV if environ.get(name)}
-        if not any(name.endswith("_ENDPOINT") for name in env):
-            return None
-        return cls(env)
+        return cls({name: environ[name] for name in INHERITED_OTEL_ENV if environ.get(name)})
 
 
 # --- names and labels -------------------------------------------------------------------------
@@ -154,11 +150,6 @@ def feed_selector(feed_name: str) -> str:
     """``status.selector``: the label selector of every collector pod of the feed (what the scale
     subresource hands to an autoscaler)."""
     return f"{Labels.NAME.value}={COMPONENT},{Labels.FEED.value}={feed_name}"
-
-
-def children_selector(feed_name: str) -> str:
-    """Selects the children the operator made for the feed (to list them, and find the extras)."""
-    return f"{Labels.MANAGED_BY.value}={FIELD_MANAGER},{Labels.FEED.value}={feed_name}"
 
 
 def owner_reference(feed: FeedSpec) -> dict[str, Any]:
@@ -241,7 +232,7 @@ def read_configmap(configmap: Mapping[str, Any] | None) -> StoredAssignment | No
     if stored is None or not recorded or not key:
         return None
     return StoredAssignment(
-        instruments=sum(len(names) for names in stored[1]),
+        instruments=sum(len(document.instruments) for document in stored),
         hash=str(recorded),
         ranking_key=str(key),
         ranked_at=ranked_at,
@@ -330,14 +321,14 @@ def _container(
             "--assignment",
             ASSIGNMENT_PATH,
             "--metrics-port",
-            str(METRICS_PORT),
+            str(endpoints.DEFAULT_PORT),
         ],
         "env": _env(feed, shard, tracing),
-        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "metrics", "containerPort": endpoints.DEFAULT_PORT, "protocol": "TCP"}],
         # Up to 2 minutes to connect, subscribe and reach the database before liveness counts.
-        "startupProbe": _probe("/livez", period=2, failures=60),
-        "livenessProbe": _probe("/livez", period=10, failures=3),
-        "readinessProbe": _probe("/readyz", period=5, failures=3),
+        "startupProbe": _probe(endpoints.LIVENESS_PATH, period=2, failures=60),
+        "livenessProbe": _probe(endpoints.LIVENESS_PATH, period=10, failures=3),
+        "readinessProbe": _probe(endpoints.READINESS_PATH, period=5, failures=3),
         "resources": dict(feed.collector.resources) or DEFAULT_RESOURCES,
         "securityContext": {
             "allowPrivilegeEscalation": False,

@@ -31,7 +31,7 @@ from lightkube import ApiError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
-from optionfeed.telemetry import health
+from optionfeed.telemetry import endpoints, health
 from optionfeed_operator.api import ConditionStatus, ConditionType
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class MetricsServer:
 
     async def __aenter__(self) -> MetricsServer:
         app = web.Application()
-        app.router.add_get("/metrics", self._serve)
+        app.router.add_get(endpoints.METRICS_PATH, self._serve)
         self._runner, self.port = await health.serve(app, self.host, self.port)
         log.info("serving metrics on http://%s:%d/metrics", self.host, self.port)
         return self

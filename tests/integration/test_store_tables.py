@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
@@ -98,9 +99,7 @@ def test_rejected_rows_hold_text_postgres_accepts() -> None:
 
 
 def test_gap_and_status_rows_follow_their_tables() -> None:
-    gap = records.gap_row(
-        records.new_gap_id(), channel="c", reason="stale", start=1.0, end=None, now=2.0
-    )
+    gap = records.gap_row(uuid.uuid4(), channel="c", reason="stale", start=1.0, end=None, now=2.0)
     assert len(gap) == tables.GAPS.width
     status = records.status_row(
         feed="f",

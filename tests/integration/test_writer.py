@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -310,7 +311,7 @@ async def test_reference_tables_upsert_keeping_first_seen(
         "contract_size": 1.0,
         "min_trade_amount": 0.1,
     }
-    gap = records.new_gap_id()
+    gap = uuid.uuid4()
     async with Writer(sink, metrics=Metrics()) as writer:
         await writer.put(tables.INSTRUMENTS, instrument_row(listing, 1000.0))
         await writer.put(tables.GAPS, records.gap_row(

@@ -43,7 +43,8 @@ from kube.operator_fixtures import (  # noqa: F401
 from kube.pod_runner import ENTRYPOINTS, Kubelet, LocalPod, local_pod, stop_all
 from optionfeed.collector.app import lifecycle_channels
 from optionfeed.deribit.channels import feed_channel
-from optionfeed_operator.manifests import ASSIGNMENT_PATH, METRICS_PORT, SPOOL_DIR
+from optionfeed.telemetry.endpoints import DEFAULT_PORT
+from optionfeed_operator.manifests import ASSIGNMENT_PATH, SPOOL_DIR
 
 FEED = "eth"
 DB_SECRET = "optionfeed-db"
@@ -284,7 +285,7 @@ def check_pods_as_built(
             f"env OPTIONFEED_SPOOL_DIR: {SPOOL_DIR} -> {spool}",
             f"env TMPDIR (unset in the container) -> {pod.local_path('/tmp')}",
             f"arg: {ASSIGNMENT_PATH} -> {assignment_file}",
-            f"arg: --metrics-port {METRICS_PORT} -> {port} (loopback)",
+            f"arg: --metrics-port {DEFAULT_PORT} -> {port} (loopback)",
             "arg: --metrics-host 127.0.0.1 (added)",
         ]
         # Through the per-key symlink and ..data, the shard's own ConfigMap key.

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from harness.control_plane import ControlPlane
+from harness.placement import moved
 from harness.ports import free_port
 from harness.simulator import SimulatorProcess
 from kube.operator_fixtures import (  # noqa: F401
@@ -28,9 +29,9 @@ from kube.operator_fixtures import (  # noqa: F401
     shard_instruments,
     wait_for,
 )
-from optionfeed.collector.assignment import parse_assignment
+from optionfeed.shard_document import parse_shard_document
 from optionfeed_operator.api import parse_time
-from optionfeed_operator.assignment import assign, moved
+from optionfeed_operator.assignment import assign
 
 LABELS = {
     "app.kubernetes.io/name": "optionfeed-collector",
@@ -106,7 +107,7 @@ def test_a_new_feed_gets_its_assignment_and_shard_deployments(
     # The top 30, each on the shard rendezvous hashing picks, in documents the collector reads.
     assert shard_instruments(configmap) == [list(s) for s in assign(expected, 3)]
     for i, text in enumerate(configmap["data"][f"shard-{i}.json"] for i in range(3)):
-        parsed = parse_assignment(text)
+        parsed = parse_shard_document(text)
         assert (parsed.feed, parsed.namespace, parsed.shard, parsed.shards) == (
             "eth",
             kube.ns,

@@ -6,12 +6,8 @@ from typing import Any
 
 import pytest
 
-from optionfeed.collector.assignment import (
-    InvalidAssignment,
-    parse_assignment,
-    read_assignment,
-    watch_assignment,
-)
+from optionfeed.collector.assignment import read_assignment, watch_assignment
+from optionfeed.shard_document import InvalidShardDocument
 
 DOC: dict[str, Any] = {
     "feed": "eth-top50",
@@ -27,45 +23,8 @@ DOC: dict[str, Any] = {
 }
 
 
-def test_the_documented_example_parses_into_channels() -> None:
-    assignment = parse_assignment(json.dumps(DOC))
-    assert (assignment.feed, assignment.shard, assignment.shards) == ("eth-top50", 0, 2)
-    assert assignment.channel_names() == {
-        "ticker.ETH-9NOV25-3375-P.100ms",
-        "trades.ETH-9NOV25-3375-P.100ms",
-        "ticker.ETH-9NOV25-3400-C.100ms",
-        "trades.ETH-9NOV25-3400-C.100ms",
-    }
-
-
-def test_quote_channels_have_no_interval() -> None:
-    doc = {**DOC, "channels": ["quote", "book"], "instruments": ["ETH-9NOV25-3375-P"]}
-    assert parse_assignment(json.dumps(doc)).channel_names() == {
-        "quote.ETH-9NOV25-3375-P",
-        "book.ETH-9NOV25-3375-P.100ms",
-    }
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"currency": "DOGE"}, "currency must be one of"),
-        ({"interval": "1s"}, "interval must be"),
-        ({"channels": ["candles"]}, "unknown: ['candles']"),
-        ({"channels": []}, "non-empty subset"),
-        ({"instruments": ["ETH-PERPETUAL"]}, "not option names"),
-        ({"shard": 2}, "shard 2 is not in 0..1"),
-        ({"shard": "0"}, "field 'shard' must be int"),
-        ({"feed": None}, "field 'feed' must be str"),
-    ],
-)
-def test_invalid_documents_say_what_is_wrong(change: dict[str, Any], message: str) -> None:
-    with pytest.raises(InvalidAssignment, match=message.replace("[", r"\[").replace("]", r"\]")):
-        parse_assignment(json.dumps({**DOC, **change}))
-
-
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(InvalidAssignment, match="cannot read assignment file"):
+    with pytest.raises(InvalidShardDocument, match="cannot read assignment file"):
         read_assignment(tmp_path / "nope.json")
 
 

@@ -6,14 +6,15 @@ from collections import Counter
 
 import pytest
 
-from optionfeed.collector.assignment import parse_assignment
+from harness.placement import moved
+from optionfeed.shard_document import parse_shard_document
 from optionfeed_operator.api import parse_feed
 from optionfeed_operator.assignment import (
     assign,
     build_assignment,
     document_key,
-    moved,
     read_documents,
+    shard_document,
     shard_of,
     stored_traceparent,
     verified_selection,
@@ -153,9 +154,40 @@ def test_documents_follow_the_design_format_and_parse_in_the_collector() -> None
         assert (doc["shard"], doc["shards"], doc["generation"]) == (i, 2, 7)
         assert doc["channels"] == ["ticker", "trades"]
         assert doc["exchangeUrl"] == "wss://www.deribit.com/ws/api/v2"
-        parsed = parse_assignment(text)
+        parsed = parse_shard_document(text)
         assert parsed.shard == i
         assert list(parsed.instruments) == list(plan.shards[i])
+
+
+def test_the_rendered_documents_parse_back_to_the_same_shards_and_feed() -> None:
+    feed = parse_feed(feed_body(shards=3, channels=["quote", "book"], interval="agg2"))
+    plan = build_assignment(feed, option_names(90), traceparent=TRACEPARENT)
+    documents = read_documents(plan.documents)
+    assert documents is not None
+    assert tuple(d.instruments for d in documents) == plan.shards
+    assert documents == tuple(
+        shard_document(feed, i, names, traceparent=TRACEPARENT)
+        for i, names in enumerate(plan.shards)
+    )
+
+
+def test_documents_that_do_not_belong_together_are_not_read_back() -> None:
+    plan = build_assignment(parse_feed(feed_body(shards=2)), option_names(20))
+    other = build_assignment(parse_feed(feed_body(shards=3)), option_names(20))
+    btc = build_assignment(parse_feed(feed_body(shards=2, currency="BTC")), [])
+    swapped = {
+        "shard-0.json": plan.documents["shard-1.json"],
+        "shard-1.json": plan.documents["shard-0.json"],
+    }
+    invalid = dict(plan.documents)
+    invalid["shard-1.json"] = json.dumps({**json.loads(invalid["shard-1.json"]), "shard": True})
+    assert read_documents(plan.documents) is not None
+    assert (
+        read_documents({**plan.documents, "shard-1.json": other.documents["shard-1.json"]}) is None
+    )
+    assert read_documents({**plan.documents, "shard-1.json": btc.documents["shard-1.json"]}) is None
+    assert read_documents(swapped) is None
+    assert read_documents(invalid) is None
 
 
 def test_the_assignment_hash_ignores_the_generation_but_not_the_placement() -> None:
@@ -203,8 +235,8 @@ def test_a_trace_context_rides_in_every_document_but_not_in_the_hash() -> None:
     assert verified_selection(traced.documents, plain.hash) == frozenset(names)
     for text in traced.documents.values():
         assert json.loads(text)["traceparent"] == TRACEPARENT
-        assert parse_assignment(text).traceparent == TRACEPARENT
-    assert all(parse_assignment(t).traceparent is None for t in plain.documents.values())
+        assert parse_shard_document(text).traceparent == TRACEPARENT
+    assert all(parse_shard_document(t).traceparent is None for t in plain.documents.values())
 
 
 def test_a_stored_trace_context_is_none_when_the_documents_say_nothing_usable() -> None:

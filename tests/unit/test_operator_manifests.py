@@ -18,7 +18,6 @@ from optionfeed_operator.assignment import build_assignment
 from optionfeed_operator.manifests import (
     DEFAULT_RESOURCES,
     CollectorTracing,
-    children_selector,
     feed_selector,
     input_hash,
     owner_reference,
@@ -241,9 +240,8 @@ def test_labels_follow_the_design_and_the_selector_finds_the_pods() -> None:
     assert deployment["spec"]["template"]["metadata"]["labels"] == expected
     match = deployment["spec"]["selector"]["matchLabels"]
     assert match.items() <= expected.items()
-    for selector in (feed_selector("eth-top50"), children_selector("eth-top50")):
-        pairs = dict(term.split("=") for term in selector.split(","))
-        assert pairs.items() <= expected.items()
+    pairs = dict(term.split("=") for term in feed_selector("eth-top50").split(","))
+    assert pairs.items() <= expected.items()
 
 
 def test_the_owner_reference_is_what_kopf_would_build() -> None:

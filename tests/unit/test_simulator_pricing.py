@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import random
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -92,12 +91,6 @@ def test_an_expired_option_is_worth_its_intrinsic_value_with_no_time_greeks() ->
     valuation = pricing.value(110.0, 100.0, 0.0, 0.8, True)
     assert valuation.price == 10.0
     assert valuation.greeks == pricing.Greeks(1.0, 0.0, 0.0, 0.0, 0.0)
-
-
-def test_year_fraction_counts_calendar_time_to_expiry() -> None:
-    now = int(datetime(2024, 1, 1, 8, tzinfo=UTC).timestamp() * 1000)
-    assert pricing.year_fraction(now, now + 365 * 86_400_000) == pytest.approx(1.0)
-    assert pricing.year_fraction(now, now - 1) == 0.0
 
 
 def test_theta_in_the_last_day_is_the_time_value_left() -> None:

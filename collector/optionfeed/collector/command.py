@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from optionfeed.deribit.exchange import DEFAULT_EXCHANGE_URL, OPTION_CURRENCIES
 from optionfeed.settings import add_option, port_number, positive_float
 from optionfeed.store.command import add_timescale_arguments, timescale_settings
+from optionfeed.telemetry import endpoints
 
 if TYPE_CHECKING:
     from optionfeed.collector.app import CollectorConfig
@@ -146,7 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         run,
         "--metrics-port",
         type=port_number,
-        default=9464,
+        default=endpoints.DEFAULT_PORT,
         metavar="PORT",
         help="serve /metrics, /livez and /readyz on this port; 0 turns it off",
     )
@@ -264,8 +265,8 @@ class _UsageError(Exception):
 
 def run(args: argparse.Namespace) -> int:
     from optionfeed.collector.app import Collector, CollectorConfig, install_signal_handlers
-    from optionfeed.collector.assignment import InvalidAssignment
     from optionfeed.deribit.errors import DeribitError
+    from optionfeed.shard_document import InvalidShardDocument
     from optionfeed.store.errors import StoreError
     from optionfeed.telemetry import tracing
 
@@ -284,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
     traces = tracing.setup("optionfeed-collector", _trace_identity(config))
     try:
         asyncio.run(main())
-    except InvalidAssignment as exc:
+    except InvalidShardDocument as exc:
         print(f"optionfeed collect: error: {exc}", file=sys.stderr)
         return 2
     except (StoreError, DeribitError) as exc:
@@ -307,7 +308,8 @@ def _trace_identity(config: CollectorConfig) -> dict[str, str]:
 
     The shard is a string, as in OTEL_RESOURCE_ATTRIBUTES (all strings) that the operator sets.
     """
-    from optionfeed.collector.assignment import InvalidAssignment, read_assignment
+    from optionfeed.collector.assignment import read_assignment
+    from optionfeed.shard_document import InvalidShardDocument
     from optionfeed.telemetry import tracing
 
     if config.local is not None:
@@ -315,6 +317,6 @@ def _trace_identity(config: CollectorConfig) -> dict[str, str]:
     assert config.assignment_path is not None
     try:
         assignment = read_assignment(config.assignment_path)
-    except InvalidAssignment:
+    except InvalidShardDocument:
         return {}  # reported as a usage error by the run itself
     return {tracing.FEED_ATTRIBUTE: assignment.feed, tracing.SHARD_ATTRIBUTE: str(assignment.shard)}

@@ -15,13 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from optionfeed.collector.router import Events
+from optionfeed.deribit.instruments import GONE_STATES, LISTED_STATES, SETTLING_STATES
 from optionfeed.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-LISTED = frozenset({"open", "created", "started"})
-SETTLING = frozenset({"settlement", "settled"})
-GONE = frozenset({"delivered", "closed", "inactive", "archivized", "terminated", "deactivated"})
 
 
 class Lifecycle(Events):
@@ -45,11 +42,11 @@ class Lifecycle(Events):
         name, state = data["instrument_name"], data.get("state")
         timestamp = data.get("timestamp")
         ts = timestamp if isinstance(timestamp, int) else int(at * 1000)
-        if state in LISTED:
+        if state in LISTED_STATES:
             self._listed(name)
-        elif state in SETTLING:
+        elif state in SETTLING_STATES:
             self._settling(name, ts)
-        elif state in GONE:
+        elif state in GONE_STATES:
             self._gone(name, str(state), ts)
 
     def platform_state(self, data: Any, at: float) -> None:

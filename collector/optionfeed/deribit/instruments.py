@@ -23,6 +23,41 @@ _OPTION_NAME = re.compile(
 )
 
 
+class InstrumentState(StrEnum):
+    """An instrument's ``state`` in ``get_instruments``, tickers and ``instrument.state``.
+
+    ``open`` while listed; at expiry ``settlement``, then ``delivered``. Real data also shows the
+    others. A final ticker says ``closed``.
+    """
+
+    OPEN = "open"
+    CREATED = "created"
+    STARTED = "started"
+    SETTLEMENT = "settlement"
+    SETTLED = "settled"
+    DELIVERED = "delivered"
+    CLOSED = "closed"
+    INACTIVE = "inactive"
+    ARCHIVIZED = "archivized"
+    TERMINATED = "terminated"
+    DEACTIVATED = "deactivated"
+
+
+# The states that mean an instrument is listed, being settled, or gone for good.
+LISTED_STATES = frozenset({InstrumentState.OPEN, InstrumentState.CREATED, InstrumentState.STARTED})
+SETTLING_STATES = frozenset({InstrumentState.SETTLEMENT, InstrumentState.SETTLED})
+GONE_STATES = frozenset(
+    {
+        InstrumentState.DELIVERED,
+        InstrumentState.CLOSED,
+        InstrumentState.INACTIVE,
+        InstrumentState.ARCHIVIZED,
+        InstrumentState.TERMINATED,
+        InstrumentState.DEACTIVATED,
+    }
+)
+
+
 class OptionType(StrEnum):
     CALL = "call"
     PUT = "put"

@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from enum import StrEnum
 
+from optionfeed.deribit.instruments import InstrumentState
 from optionfeed.deribit.messages import BookSummary, Instrument
-
-LIVE_STATES = frozenset({"open"})
 
 
 class RankBy(StrEnum):
@@ -26,7 +25,7 @@ def is_live_option(instrument: Instrument, now_ms: int | None = None) -> bool:
     if now_ms is not None and instrument["expiration_timestamp"] <= now_ms:
         return False
     state = instrument.get("state")
-    return state is None or state in LIVE_STATES
+    return state is None or state == InstrumentState.OPEN
 
 
 def score(summary: BookSummary | None, rank_by: RankBy) -> float:

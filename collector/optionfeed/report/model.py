@@ -90,10 +90,6 @@ class Gap:
     def open(self) -> bool:
         return self.end is None
 
-    def applies_to(self, instrument: str, family: str) -> bool:
-        """Whether this gap may account for missing data of ``instrument``'s ``family``."""
-        return self.instrument in (None, instrument) and self.family in (None, family)
-
     def overlaps(self, start: datetime, end: datetime, slack: float = TIME_SLACK) -> bool:
         pad = timedelta(seconds=slack)
         return self.start <= end + pad and (self.end is None or self.end >= start - pad)

@@ -21,12 +21,6 @@ class Book:
         self.bids: dict[int, float] = {}
         self.asks: dict[int, float] = {}
 
-    def best_bid(self) -> int | None:
-        return max(self.bids) if self.bids else None
-
-    def best_ask(self) -> int | None:
-        return min(self.asks) if self.asks else None
-
     def side(self, is_bid: bool) -> dict[int, float]:
         return self.bids if is_bid else self.asks
 

@@ -49,9 +49,5 @@ class ManualClock:
         self._now = when
 
 
-def to_ms(seconds: float) -> int:
-    return int(seconds * 1000.0)
-
-
 def to_us(seconds: float) -> int:
     return int(seconds * 1_000_000.0)

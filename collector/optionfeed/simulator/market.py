@@ -33,6 +33,7 @@ from typing import Protocol
 
 import orjson
 
+from optionfeed.deribit.instruments import InstrumentState
 from optionfeed.simulator import pricing
 from optionfeed.simulator.book import BookEntry
 from optionfeed.simulator.calendar import Expiry, listed_expiries
@@ -278,18 +279,18 @@ class Market:
         if due:
             for option in due:
                 self._expire(option, t_ms)
-            self.live = [o for o in self.live if o.state == "open"]
+            self.live = [o for o in self.live if o.is_live]
             changed = True
         if self.settling:
             delivered = [
                 o for o in self.settling if t_ms >= o.expiry_ms + self.config.settlement_delay_ms
             ]
             for option in delivered:
-                option.state = "delivered"
-                self.listener.on_instrument_state(option, "delivered", t_ms)
+                option.state = InstrumentState.DELIVERED
+                self.listener.on_instrument_state(option, InstrumentState.DELIVERED, t_ms)
                 self.expired.append(option)
             if delivered:
-                self.settling = [o for o in self.settling if o.state != "delivered"]
+                self.settling = [o for o in self.settling if o.state != InstrumentState.DELIVERED]
         while self.expired and self.expired[0].expiry_ms + self.config.expired_retention_ms < t_ms:
             gone = self.expired.popleft()
             self.options.pop(gone.name, None)
@@ -338,7 +339,7 @@ class Market:
                         self.options[option.name] = option
                         self.live.append(option)
                         if not initial:
-                            self.listener.on_instrument_state(option, "open", t_ms)
+                            self.listener.on_instrument_state(option, InstrumentState.OPEN, t_ms)
         if listed_any:
             self.live.sort(key=lambda o: (o.expiry_ms, o.und.spec.base, o.strike, not o.is_call))
         return listed_any
@@ -408,7 +409,7 @@ class Market:
     def _expire(self, option: Option, t_ms: int) -> None:
         """Settle at the index: the final ticker shows the quirks of expired options."""
         und = option.und
-        option.state = "settlement"
+        option.state = InstrumentState.SETTLEMENT
         delivery = fround(und.index, und.index_scale)
         option.delivery_price = delivery
         ts = max(t_ms, option.last_ts + 1)
@@ -418,7 +419,7 @@ class Market:
         empty = None if option.null_empty else ZERO
         tk = option.ticker
         tk["timestamp"] = ts
-        tk["state"] = "closed"
+        tk["state"] = InstrumentState.CLOSED
         tk["mark_price"] = round(mark, option.mark_decimals)
         tk["index_price"] = delivery
         tk["underlying_price"] = delivery
@@ -440,7 +441,7 @@ class Market:
         self.events_total += 1
         self.settling.append(option)
         self.listener.on_event(option, [], False, None)
-        self.listener.on_instrument_state(option, "settlement", ts)
+        self.listener.on_instrument_state(option, InstrumentState.SETTLEMENT, ts)
 
     # ----------------------------------------------------------------- weights
 

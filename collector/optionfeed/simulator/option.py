@@ -12,7 +12,7 @@ import math
 from collections import deque
 from typing import Any
 
-from optionfeed.deribit.instruments import format_option_name
+from optionfeed.deribit.instruments import InstrumentState, format_option_name
 from optionfeed.simulator.book import Book
 from optionfeed.simulator.calendar import Expiry, Series
 from optionfeed.simulator.underlyings import UnderlyingSpec
@@ -186,7 +186,7 @@ class Option:
         self.mark_scale = 10.0**self.mark_decimals
         self.amount_step = spec.amount_step
         self.amount_decimals = spec.amount_decimals
-        self.state = "open"
+        self.state: str = InstrumentState.OPEN
         self.book = Book()
         self.change_id = 0
         self.prev_change_id = 0
@@ -225,7 +225,7 @@ class Option:
 
     @property
     def is_live(self) -> bool:
-        return self.state == "open"
+        return self.state == InstrumentState.OPEN
 
     def price_of(self, ticks: int) -> float:
         prices = self.und.prices

@@ -143,7 +143,3 @@ def implied_vol(
         if hi - lo < 1e-9:
             return vol
     return vol
-
-
-def year_fraction(now_ms: int, expiry_ms: int) -> float:
-    return max(0.0, (expiry_ms - now_ms) / 1000.0 / YEAR_SECONDS)

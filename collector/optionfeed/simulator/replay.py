@@ -48,6 +48,7 @@ import orjson
 from optionfeed.deribit import jsonrpc
 from optionfeed.deribit.channels import InvalidChannel, parse_channel
 from optionfeed.deribit.errors import ProtocolError
+from optionfeed.deribit.instruments import InstrumentState
 from optionfeed.simulator.clock import Clock
 from optionfeed.simulator.faults import Faults
 from optionfeed.simulator.ledger import Generated, Ledger
@@ -422,7 +423,7 @@ class ReplaySource:
             yield Generated(
                 instrument=name,
                 currency=state.currency,
-                state="open",
+                state=InstrumentState.OPEN,
                 expiration_timestamp=int(expiry),
                 events=state.events,
                 first_timestamp=state.first_ts,

@@ -109,7 +109,7 @@ def instrument_payload(option: Option) -> dict[str, Any]:
         "tick_size": spec.tick_size,
         "taker_commission": spec.taker_commission,
         "strike": float(option.strike),
-        "state": "open" if live else option.state,
+        "state": option.state,
         "settlement_period": option.expiry.series.settlement_period,
         "settlement_currency": spec.settlement_currency,
         "rfq": False,

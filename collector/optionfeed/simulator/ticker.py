@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from optionfeed.deribit.instruments import InstrumentState
 from optionfeed.simulator import pricing
 from optionfeed.simulator.option import Option, fround
 
@@ -88,7 +89,7 @@ def new_ticker(option: Option, t_ms: int) -> dict[str, Any]:
             "high": None,
             "volume_usd": None,
         },
-        "state": "open",
+        "state": InstrumentState.OPEN,
         "settlement_price": 0.0,
         "open_interest": option.open_interest,
         "min_price": 0.0,

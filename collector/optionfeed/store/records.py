@@ -37,10 +37,6 @@ def rejected_row(reason: str, raw: bytes | str, recv_ts: float, channel: str | N
     )
 
 
-def new_gap_id() -> uuid.UUID:
-    return uuid.uuid4()
-
-
 def gap_row(
     gap_id: uuid.UUID,
     *,

@@ -74,10 +74,6 @@ Encode = Callable[[Any], Any]
 Decode = Callable[[Any], Any]
 
 
-def _identity(value: Any) -> Any:
-    return value
-
-
 def _bytes_to_text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes | bytearray) else value
 

@@ -14,6 +14,7 @@ from types import TracebackType
 
 from aiohttp import web
 
+from optionfeed.telemetry.endpoints import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
 from optionfeed.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,9 @@ class HealthServer:
 
     async def __aenter__(self) -> HealthServer:
         app = web.Application()
-        app.router.add_get("/metrics", self._metrics_handler)
-        app.router.add_get("/livez", self._livez)
-        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get(METRICS_PATH, self._metrics_handler)
+        app.router.add_get(LIVENESS_PATH, self._livez)
+        app.router.add_get(READINESS_PATH, self._readyz)
         self._runner, self.port = await serve(app, self.host, self.port)
         log.info("serving /metrics, /livez and /readyz on %s:%d", self.host, self.port)
         return self
