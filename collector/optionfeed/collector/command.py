@@ -23,7 +23,7 @@ from optionfeed.settings import add_option, port_number, positive_float
 from optionfeed.store.command import add_timescale_arguments, timescale_settings
 
 if TYPE_CHECKING:
-    from optionfeed.collector.app import CollectorConfig
+    from optionfeed.collector.config import CollectorConfig
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from(args: argparse.Namespace) -> object:
-    from optionfeed.collector.app import CollectorConfig, LocalPlan
+    from optionfeed.collector.config import CollectorConfig, LocalPlan
     from optionfeed.deribit.ranking import RankBy
 
     if args.assignment is not None and args.currency is not None:
@@ -263,9 +263,11 @@ class _UsageError(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
-    from optionfeed.collector.app import Collector, CollectorConfig, install_signal_handlers
+    from optionfeed.collector.app import Collector
     from optionfeed.collector.assignment import InvalidAssignment
+    from optionfeed.collector.config import CollectorConfig
     from optionfeed.deribit.errors import DeribitError
+    from optionfeed.shutdown import Shutdown
     from optionfeed.store.errors import StoreError
     from optionfeed.telemetry import tracing
 
@@ -276,14 +278,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"optionfeed collect: error: {exc}", file=sys.stderr)
         return 2
 
-    async def main() -> None:
-        collector = Collector(config)
-        install_signal_handlers(collector)
-        await collector.run()
-
+    collector = Collector(config)
+    shutdown = Shutdown.abandoning(collector.stop, "stop now, without waiting for the drain")
     traces = tracing.setup("optionfeed-collector", _trace_identity(config))
     try:
-        asyncio.run(main())
+        shutdown.run(collector.run())
     except InvalidAssignment as exc:
         print(f"optionfeed collect: error: {exc}", file=sys.stderr)
         return 2
