@@ -32,7 +32,7 @@ class Shutdown:
     """What one command does on SIGTERM/SIGINT: ``stop`` first, ``insist`` on a second signal.
 
     ``insist`` gets the signal's name and says whether it did anything; ``insisting`` says what it
-    does, for the log. Without ``insist`` a second signal changes nothing.
+    did, for the log. Without ``insist`` a second signal changes nothing.
     """
 
     def __init__(
@@ -68,7 +68,7 @@ class Shutdown:
         now = self._monotonic()
         if self.first_at is None:
             self.first_at = now
-            again = f" (again to {self._insisting})" if self._insist is not None else ""
+            again = " (send it again to stop at once)" if self._insist is not None else ""
             log.info("%s: stopping cleanly%s", name, again)
             self._stop()
         elif now - self.first_at < ECHO_WINDOW:

@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     collector = Collector(config)
-    shutdown = Shutdown.abandoning(collector.stop, "stop now, without waiting for the drain")
+    shutdown = Shutdown.abandoning(collector.stop, "stopping now, without waiting for the drain")
     traces = tracing.setup("optionfeed-collector", _trace_identity(config))
     try:
         shutdown.run(collector.run())

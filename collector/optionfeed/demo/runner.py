@@ -166,7 +166,7 @@ class Demo:
         self.shutdown = Shutdown(
             self.stop,
             insist=self._cut_drain,
-            insisting="cut the collector's drain short",
+            insisting="cancelling the collector's drain",
             monotonic=monotonic,
         )
 
