@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict, cast
 
-from optionfeed_operator.api import FeedSpec
+from optionfeed_operator.api import OptionFeedSpec
 
 _PERSON = b"optionfeed-hrw"  # BLAKE2b personalisation: these weights mean nothing elsewhere.
 
@@ -89,7 +89,7 @@ def document_key(shard: int) -> str:
 
 
 def shard_document(
-    feed: FeedSpec, shard: int, instruments: Sequence[str], *, traceparent: str | None = None
+    feed: OptionFeedSpec, shard: int, instruments: Sequence[str], *, traceparent: str | None = None
 ) -> ShardDocument:
     document: ShardDocument = {
         "feed": feed.name,
@@ -144,7 +144,7 @@ def assignment_hash(feed_facts: Mapping[str, Any], shards: Sequence[Sequence[str
 _FACT_KEYS = ("currency", "interval", "channels", "exchangeUrl")
 
 
-def _hashed_facts(feed: FeedSpec) -> dict[str, Any]:
+def _hashed_facts(feed: OptionFeedSpec) -> dict[str, Any]:
     return {
         "currency": feed.currency,
         "interval": str(feed.interval),
@@ -154,7 +154,7 @@ def _hashed_facts(feed: FeedSpec) -> dict[str, Any]:
 
 
 def build_assignment(
-    feed: FeedSpec, selection: Iterable[str], *, traceparent: str | None = None
+    feed: OptionFeedSpec, selection: Iterable[str], *, traceparent: str | None = None
 ) -> Assignment:
     """Assign ``selection`` to ``feed.shards`` shards and render every shard's document."""
     shards = assign(selection, feed.shards)
