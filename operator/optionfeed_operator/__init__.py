@@ -4,7 +4,7 @@ collector Deployments.
 Pure modules (no I/O) first, then the layers that talk to the exchange and to Kubernetes:
 
 - :mod:`~optionfeed_operator.api`: the resource's names, its raw JSON shapes and the parsed,
-  frozen :class:`~optionfeed_operator.api.FeedSpec`; condition types and reasons;
+  frozen :class:`~optionfeed_operator.api.OptionFeedSpec`; condition types and reasons;
 - :mod:`~optionfeed_operator.assignment`: rendezvous hashing of instruments onto shards and the
   ``shard-<i>.json`` documents the collectors read;
 - :mod:`~optionfeed_operator.manifests`: the ConfigMap and Deployments, rendered as dicts;

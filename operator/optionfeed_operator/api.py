@@ -2,7 +2,8 @@
 
 The CRD in ``crds/optionfeed.io_optionfeeds.yaml`` is the schema the API server enforces; this
 module reads what it admitted. A feed is parsed once, at the start of each reconcile pass, into a
-frozen :class:`FeedSpec`; every other module works from that and never looks at raw JSON again.
+frozen :class:`OptionFeedSpec`; every other module works from that and never looks at raw JSON
+again.
 Defaults are applied here as well as in the CRD so that a body written before a default existed
 still parses the same way.
 
@@ -206,9 +207,9 @@ class OptionFeedJSON(TypedDict):
 # --- the parsed spec --------------------------------------------------------------------------
 
 
-class InvalidFeed(ValueError):
-    """A feed the operator cannot act on. The API server's schema normally prevents this; it
-    remains possible for a body that predates a schema change."""
+class InvalidOptionFeed(ValueError):
+    """An ``OptionFeed`` the operator cannot act on. The API server's schema normally prevents
+    this; it remains possible for a body that predates a schema change."""
 
     def __init__(self, path: str, problem: str) -> None:
         self.path = path
@@ -236,7 +237,7 @@ class CollectorSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class FeedSpec:
+class OptionFeedSpec:
     """One ``OptionFeed``, parsed and defaulted: everything a reconcile pass needs to know."""
 
     name: str
@@ -301,7 +302,7 @@ def _require(value: Any, kind: type | tuple[type, ...], path: str) -> Any:
     # bool is an int in Python; a JSON boolean is never a valid count.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise InvalidFeed(path, f"expected {names}, got {value!r}")
+        raise InvalidOptionFeed(path, f"expected {names}, got {value!r}")
     return value
 
 
@@ -323,7 +324,7 @@ def _retention(value: Any) -> str | None:
         return None
     text = str(_require(value, str, "spec.database.retention"))
     if not _RETENTION_RE.match(text):
-        raise InvalidFeed(
+        raise InvalidOptionFeed(
             "spec.database.retention", f"use e.g. 90d, 12h, 2w or forever, got {text!r}"
         )
     return text
@@ -332,7 +333,7 @@ def _retention(value: Any) -> str | None:
 def _positive(value: Any, path: str) -> int:
     number = int(_require(value, int, path))
     if number < 1:
-        raise InvalidFeed(path, f"must be at least 1, got {number}")
+        raise InvalidOptionFeed(path, f"must be at least 1, got {number}")
     return number
 
 
@@ -362,24 +363,28 @@ def _parse_channels(raw: Any) -> tuple[str, ...]:
     channels = _require(raw, list, "spec.channels")
     unknown = [c for c in channels if c not in FEED_CHANNELS]
     if unknown:
-        raise InvalidFeed("spec.channels", f"unknown channel(s) {unknown}; use {FEED_CHANNELS}")
+        raise InvalidOptionFeed(
+            "spec.channels", f"unknown channel(s) {unknown}; use {FEED_CHANNELS}"
+        )
     if not channels:
-        raise InvalidFeed("spec.channels", "must name at least one channel")
+        raise InvalidOptionFeed("spec.channels", "must name at least one channel")
     # Canonical order, so that the same set always renders the same assignment.
     return tuple(c for c in FEED_CHANNELS if c in channels)
 
 
-def parse_feed(body: Mapping[str, Any]) -> FeedSpec:
-    """The :class:`FeedSpec` of an ``OptionFeed`` body; raises :class:`InvalidFeed`."""
+def parse_feed(body: Mapping[str, Any]) -> OptionFeedSpec:
+    """The :class:`OptionFeedSpec` of an ``OptionFeed`` body; raises :class:`InvalidOptionFeed`."""
     meta = _mapping(body.get("metadata", {}), "metadata")
     spec = _mapping(body.get("spec", {}), "spec")
     name = str(_require(meta.get("name"), str, "metadata.name"))
     if len(name) > MAX_FEED_NAME_LENGTH:
-        raise InvalidFeed("metadata.name", f"at most {MAX_FEED_NAME_LENGTH} characters")
+        raise InvalidOptionFeed("metadata.name", f"at most {MAX_FEED_NAME_LENGTH} characters")
 
     currency = _require(spec.get("currency"), str, "spec.currency")
     if currency not in OPTION_CURRENCIES:
-        raise InvalidFeed("spec.currency", f"must be one of {OPTION_CURRENCIES}, got {currency!r}")
+        raise InvalidOptionFeed(
+            "spec.currency", f"must be one of {OPTION_CURRENCIES}, got {currency!r}"
+        )
 
     database = _mapping(spec.get("database"), "spec.database")
     secret_ref = _mapping(database.get("secretRef"), "spec.database.secretRef")
@@ -388,28 +393,30 @@ def parse_feed(body: Mapping[str, Any]) -> FeedSpec:
     try:
         rank_by = RankBy(spec.get("rankBy", RankBy.VOLUME_USD))
     except ValueError:
-        raise InvalidFeed("spec.rankBy", f"unknown ranking {spec.get('rankBy')!r}") from None
+        raise InvalidOptionFeed("spec.rankBy", f"unknown ranking {spec.get('rankBy')!r}") from None
     try:
         interval = Interval(spec.get("interval", Interval.MS100))
     except ValueError:
-        raise InvalidFeed("spec.interval", f"unknown interval {spec.get('interval')!r}") from None
+        raise InvalidOptionFeed(
+            "spec.interval", f"unknown interval {spec.get('interval')!r}"
+        ) from None
     if interval is Interval.RAW and credentials is None:
-        raise InvalidFeed("spec.interval", "raw needs spec.credentialsSecretRef")
+        raise InvalidOptionFeed("spec.interval", "raw needs spec.credentialsSecretRef")
     refresh = str(
         _require(spec.get("refreshInterval", DEFAULT_REFRESH_INTERVAL), str, "spec.refreshInterval")
     )
     try:
         parse_duration(refresh)
     except ValueError as exc:
-        raise InvalidFeed("spec.refreshInterval", str(exc)) from None
+        raise InvalidOptionFeed("spec.refreshInterval", str(exc)) from None
     shards = _positive(spec.get("shards", 1), "spec.shards")
     if top_n is not None:
         top_n = _positive(top_n, "spec.topN")
         if shards > top_n:
-            raise InvalidFeed("spec.shards", f"{shards} shards exceed topN {top_n}")
+            raise InvalidOptionFeed("spec.shards", f"{shards} shards exceed topN {top_n}")
     exchange = _mapping(spec.get("exchange", {}), "spec.exchange")
 
-    return FeedSpec(
+    return OptionFeedSpec(
         name=name,
         namespace=str(_require(meta.get("namespace"), str, "metadata.namespace")),
         uid=str(_require(meta.get("uid"), str, "metadata.uid")),

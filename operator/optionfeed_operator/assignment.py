@@ -31,7 +31,7 @@ from optionfeed.shard_document import (
     parse_shard_document,
     render_shard_document,
 )
-from optionfeed_operator.api import FeedSpec
+from optionfeed_operator.api import OptionFeedSpec
 
 _PERSON = b"optionfeed-hrw"  # BLAKE2b personalisation: these weights mean nothing elsewhere.
 
@@ -68,7 +68,7 @@ def document_key(shard: int) -> str:
 
 
 def shard_document(
-    feed: FeedSpec, shard: int, instruments: Sequence[str], *, traceparent: str | None = None
+    feed: OptionFeedSpec, shard: int, instruments: Sequence[str], *, traceparent: str | None = None
 ) -> ShardDocument:
     return ShardDocument(
         feed=feed.name,
@@ -122,7 +122,7 @@ def assignment_hash(documents: Sequence[ShardDocument]) -> str:
 
 
 def build_assignment(
-    feed: FeedSpec, selection: Iterable[str], *, traceparent: str | None = None
+    feed: OptionFeedSpec, selection: Iterable[str], *, traceparent: str | None = None
 ) -> Assignment:
     """Assign ``selection`` to ``feed.shards`` shards and render every shard's document."""
     shards = assign(selection, feed.shards)

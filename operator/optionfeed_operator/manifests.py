@@ -1,6 +1,7 @@
 """The children of a feed, rendered as plain dicts: its assignment ConfigMap and one Deployment per
-shard. Pure functions of a :class:`~optionfeed_operator.api.FeedSpec`, checked against golden files
-in ``tests/golden/`` and applied with server-side apply by :mod:`optionfeed_operator.reconcile`.
+shard. Pure functions of a :class:`~optionfeed_operator.api.OptionFeedSpec`, checked against
+golden files in ``tests/golden/`` and applied with server-side apply by
+:mod:`optionfeed_operator.reconcile`.
 
 Skipping unchanged work: every Deployment carries ``optionfeed.io/input-hash``, a hash of
 everything rendered here (labels, owner, replicas, pod template). When the live Deployment carries
@@ -43,8 +44,8 @@ from optionfeed_operator.api import (
     FIELD_MANAGER,
     KIND,
     Annotations,
-    FeedSpec,
     Labels,
+    OptionFeedSpec,
     parse_time,
 )
 from optionfeed_operator.assignment import (
@@ -152,7 +153,7 @@ def feed_selector(feed_name: str) -> str:
     return f"{Labels.NAME.value}={COMPONENT},{Labels.FEED.value}={feed_name}"
 
 
-def owner_reference(feed: FeedSpec) -> dict[str, Any]:
+def owner_reference(feed: OptionFeedSpec) -> dict[str, Any]:
     """The controller reference to the feed, the same shape as ``kopf.build_owner_reference``.
 
     Built here rather than with ``kopf.adopt``, which would also copy the feed's own labels onto
@@ -181,7 +182,7 @@ def input_hash(manifest: Mapping[str, Any]) -> str:
 
 
 def render_configmap(
-    feed: FeedSpec, assignment: Assignment, *, ranking_key: str, ranked_at: str
+    feed: OptionFeedSpec, assignment: Assignment, *, ranking_key: str, ranked_at: str
 ) -> dict[str, Any]:
     """ConfigMap ``<feed>-assignment``: one ``shard-<i>.json`` key per shard (docs/design.md)."""
     return {
@@ -244,7 +245,7 @@ def read_configmap(configmap: Mapping[str, Any] | None) -> StoredAssignment | No
 
 
 def _tracing_env(
-    feed: FeedSpec, shard: int, tracing: CollectorTracing, taken: set[str]
+    feed: OptionFeedSpec, shard: int, tracing: CollectorTracing, taken: set[str]
 ) -> list[dict[str, Any]]:
     """``OTEL_*`` for a collector; a name the feed's own env already sets is left to it."""
     attributes = ",".join(
@@ -268,7 +269,9 @@ def _tracing_env(
     return [entry for entry in env if entry["name"] not in taken]
 
 
-def _env(feed: FeedSpec, shard: int, tracing: CollectorTracing | None) -> list[dict[str, Any]]:
+def _env(
+    feed: OptionFeedSpec, shard: int, tracing: CollectorTracing | None
+) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {
             "name": DATABASE_URL_ENV,
@@ -310,7 +313,7 @@ def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
 
 
 def _container(
-    feed: FeedSpec, shard: int, image: str, tracing: CollectorTracing | None
+    feed: OptionFeedSpec, shard: int, image: str, tracing: CollectorTracing | None
 ) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
@@ -355,7 +358,7 @@ def _container(
 
 
 def _pod_spec(
-    feed: FeedSpec, shard: int, image: str, tracing: CollectorTracing | None
+    feed: OptionFeedSpec, shard: int, image: str, tracing: CollectorTracing | None
 ) -> dict[str, Any]:
     pod: dict[str, Any] = {
         # The collector never talks to the Kubernetes API.
@@ -394,7 +397,7 @@ def _pod_spec(
 
 
 def render_deployment(
-    feed: FeedSpec,
+    feed: OptionFeedSpec,
     shard: int,
     *,
     image: str = DEFAULT_IMAGE,

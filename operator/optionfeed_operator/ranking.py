@@ -20,7 +20,7 @@ import aiohttp
 
 from optionfeed.deribit.errors import ExchangeUnreachable, ProtocolError, RpcError
 from optionfeed.deribit.rest import RestClient, fetch_ranking, rest_base_url
-from optionfeed_operator.api import FeedSpec, Reason
+from optionfeed_operator.api import OptionFeedSpec, Reason
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Selection:
     ranked_at: datetime
 
 
-def ranking_key(feed: FeedSpec) -> str:
+def ranking_key(feed: OptionFeedSpec) -> str:
     """A hash of everything the selection depends on. A stored selection with another key is not
     this feed's selection any more (``topN`` or the exchange changed) and must be recomputed."""
     try:
@@ -61,7 +61,7 @@ def ranking_key(feed: FeedSpec) -> str:
     return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
 
 
-async def rank(feed: FeedSpec, session: aiohttp.ClientSession) -> Selection:
+async def rank(feed: OptionFeedSpec, session: aiohttp.ClientSession) -> Selection:
     """Rank the feed's currency at its exchange now; raises :class:`RankingFailed`."""
     try:
         client = RestClient(feed.exchange_url, session)
@@ -98,7 +98,7 @@ BACKOFF_INITIAL = 5.0
 BACKOFF_MAX = 300.0
 
 
-Ranker = Callable[[FeedSpec, aiohttp.ClientSession], Awaitable[Selection]]
+Ranker = Callable[[OptionFeedSpec, aiohttp.ClientSession], Awaitable[Selection]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +145,7 @@ class Selector:
         self._held: dict[str, Selection] = {}
         self._retries: dict[str, _Retry] = {}
 
-    async def choose(self, feed: FeedSpec, stored: Selection | None) -> Choice:
+    async def choose(self, feed: OptionFeedSpec, stored: Selection | None) -> Choice:
         key = ranking_key(feed)
         now = self._clock()
         current = self._held.get(feed.uid)

@@ -35,7 +35,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from optionfeed.telemetry import tracing
 from optionfeed_operator import api, assignment, manifests, ranking, status
-from optionfeed_operator.api import Annotations, FeedSpec, Reason
+from optionfeed_operator.api import Annotations, OptionFeedSpec, Reason
 from optionfeed_operator.cluster import Cluster
 from optionfeed_operator.metrics import OperatorMetrics
 
@@ -64,15 +64,15 @@ def _owner_refs(obj: Object) -> list[Object]:
     return list(_meta(obj).get("ownerReferences") or ())
 
 
-def _owned_by(obj: Object, feed: FeedSpec) -> bool:
+def _owned_by(obj: Object, feed: OptionFeedSpec) -> bool:
     return any(r.get("kind") == api.KIND and r.get("name") == feed.name for r in _owner_refs(obj))
 
 
-def _owner_current(obj: Object, feed: FeedSpec) -> bool:
+def _owner_current(obj: Object, feed: OptionFeedSpec) -> bool:
     return any(r.get("uid") == feed.uid for r in _owner_refs(obj))
 
 
-def _ours(obj: Object | None, feed: FeedSpec) -> Object | None:
+def _ours(obj: Object | None, feed: OptionFeedSpec) -> Object | None:
     """``obj`` if this very feed (by uid) owns it; a Deployment left by an earlier feed of the same
     name, not yet adopted, is no shard of this one and must not count as ready."""
     return obj if obj is not None and _owner_current(obj, feed) else None
@@ -177,7 +177,7 @@ class Reconciler:
         generation = int(_meta(body).get("generation") or 0)
         try:
             feed = api.parse_feed(body)
-        except api.InvalidFeed as exc:
+        except api.InvalidOptionFeed as exc:
             span.set_status(Status(StatusCode.ERROR, str(exc)))
             span.set_attribute("optionfeed.reconcile.outcome", "invalid")
             await self._finish(
@@ -293,7 +293,7 @@ class Reconciler:
         kept = "; running shards are left as they are" if running else ""
         return status.Problem(choice.failure.reason, f"{choice.failure.message}{kept}")
 
-    def _announce_ranking(self, body: Object, feed: FeedSpec, choice: ranking.Choice) -> None:
+    def _announce_ranking(self, body: Object, feed: OptionFeedSpec, choice: ranking.Choice) -> None:
         assert choice.selection is not None
         fresh = choice.selection.instruments
         before = choice.replaced.instruments if choice.replaced is not None else frozenset()
@@ -312,7 +312,7 @@ class Reconciler:
     async def _apply_configmap(
         self,
         body: Object,
-        feed: FeedSpec,
+        feed: OptionFeedSpec,
         selection: ranking.Selection,
         live: Object | None,
         changed: list[str],
@@ -355,7 +355,7 @@ class Reconciler:
         return applied
 
     @staticmethod
-    def _configmap_matches(live: Object, desired: Object, feed: FeedSpec) -> bool:
+    def _configmap_matches(live: Object, desired: Object, feed: OptionFeedSpec) -> bool:
         # Keys someone else added are theirs (server-side apply leaves them); the operator's keys
         # must hold what it rendered.
         meta, want = _meta(live), desired["metadata"]
@@ -367,7 +367,12 @@ class Reconciler:
         )
 
     async def _apply_shard(
-        self, body: Object, feed: FeedSpec, shard: int, live: Object | None, changed: list[str]
+        self,
+        body: Object,
+        feed: OptionFeedSpec,
+        shard: int,
+        live: Object | None,
+        changed: list[str],
     ) -> Object:
         desired = manifests.render_deployment(
             feed, shard, image=self._image, tracing=self._collector_tracing
@@ -410,7 +415,7 @@ class Reconciler:
     async def _delete_orphan_shards(
         self,
         body: Object,
-        feed: FeedSpec,
+        feed: OptionFeedSpec,
         live: dict[str, Object],
         expected: list[str],
         changed: list[str],

@@ -22,7 +22,8 @@ from typing import Any
 
 import asyncpg
 
-from optionfeed.collector.app import Collector, CollectorConfig
+from optionfeed.collector.app import Collector
+from optionfeed.collector.config import CollectorConfig
 from optionfeed.store import tables
 
 

@@ -31,7 +31,7 @@ from harness.collector import (
 )
 from harness.ports import free_port
 from harness.simulator import SimulatorProcess
-from optionfeed.collector.app import LocalPlan
+from optionfeed.collector.config import LocalPlan
 
 SAMPLES = Path(__file__).parents[1] / "data" / "deribit"
 
@@ -199,23 +199,23 @@ async def test_reloading_the_assignment_changes_instruments_on_the_live_connecti
         write_atomically(path, assignment_doc(first, exchange_url=sim.ws_url))
         config = local_config(assignment_path=path, database_url=database_url)
         async with running_collector(config) as collector:
-            assert collector.feed is not None
+            assert collector.pool is not None
 
             async def tickers_of(wanted: list[str]) -> bool:
                 have = await stored_per_instrument(database_url, "option_tickers")
                 return set(wanted) <= set(have)
 
             await wait_for(lambda: tickers_of(first), within=60, what="the first instruments")
-            sessions_before = [c.sessions for c in collector.feed.connections]
+            sessions_before = [c.sessions for c in collector.pool.connections]
             write_atomically(path, assignment_doc(second, exchange_url=sim.ws_url, generation=2))
             await wait_for(lambda: tickers_of(second), within=60, what="the new instruments")
 
             async def old_ones_unsubscribed() -> bool:
-                acked = collector.feed.acknowledged if collector.feed else frozenset()
+                acked = collector.pool.acknowledged if collector.pool else frozenset()
                 return not any(f"ticker.{n}.100ms" in acked for n in first[:20])
 
             await wait_for(old_ones_unsubscribed, within=30, what="removed channels to go")
-            assert [c.sessions for c in collector.feed.connections] == sessions_before
+            assert [c.sessions for c in collector.pool.connections] == sessions_before
         ledger = sim.ledger()
     opened = ledger["connections"]
     assert len(opened) == 1, "one connection for the whole run: no reconnect"

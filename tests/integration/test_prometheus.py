@@ -31,7 +31,7 @@ from harness.prometheus import (
     static_job,
 )
 from harness.simulator import SimulatorProcess
-from optionfeed.collector.app import LocalPlan
+from optionfeed.collector.config import LocalPlan
 
 # Each alert's expression without its threshold: what must return series from a healthy
 # collector, where the alert itself (rightly) returns nothing. A new alert needs a line here.

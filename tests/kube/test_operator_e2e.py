@@ -41,7 +41,7 @@ from kube.operator_fixtures import (  # noqa: F401
     wait_for,
 )
 from kube.pod_runner import ENTRYPOINTS, Kubelet, LocalPod, local_pod, stop_all
-from optionfeed.collector.app import lifecycle_channels
+from optionfeed.collector.plan import lifecycle_channels
 from optionfeed.deribit.channels import feed_channel
 from optionfeed.telemetry.endpoints import DEFAULT_PORT
 from optionfeed_operator.manifests import ASSIGNMENT_PATH, SPOOL_DIR

@@ -9,15 +9,29 @@ from pathlib import Path
 
 import pytest
 
-from optionfeed.collector.app import Collector, CollectorConfig, LocalPlan
+from optionfeed.collector.app import Collector
+from optionfeed.collector.config import CollectorConfig, LocalPlan
 from optionfeed.demo.progress import histogram_quantile
 from optionfeed.demo.runner import Demo, DemoConfig, read_lag, read_messages, take_sample
 from optionfeed.demo.terminal import PlainProgress
 
 
-def quiet_demo(**changes: object) -> Demo:
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def quiet_demo(clock: Clock | None = None, **changes: object) -> Demo:
     config = DemoConfig(**changes)
-    return Demo(config, out=io.StringIO(), display=PlainProgress(io.StringIO(), 5.0))
+    return Demo(
+        config,
+        out=io.StringIO(),
+        display=PlainProgress(io.StringIO(), 5.0),
+        monotonic=clock or Clock(),
+    )
 
 
 def idle_collector() -> Collector:
@@ -31,33 +45,41 @@ def test_the_demo_keeps_its_state_apart_from_what_collect_records() -> None:
 
 
 async def test_the_first_signal_stops_cleanly_and_a_second_cuts_only_the_drain() -> None:
-    demo = quiet_demo()
+    clock = Clock()
+    demo = quiet_demo(clock)
     collector = demo.collector = idle_collector()
     draining = asyncio.create_task(asyncio.sleep(60))
     demo.collector_task = draining
 
-    demo.handle_signal(signal.SIGINT)
+    demo.shutdown.signal(signal.SIGINT)
     assert demo.stopping
     assert collector.stopping
     assert demo.status.startswith("stopping")
-    assert not draining.cancelled()
+    demo.shutdown.signal(signal.SIGINT)  # a copy of the same Ctrl-C
+    await asyncio.sleep(0)
+    assert not draining.done()
 
-    demo.handle_signal(signal.SIGINT)
+    clock.now += 2.0
+    demo.shutdown.signal(signal.SIGINT)
     await asyncio.wait([draining])
     assert draining.cancelled()
 
-    demo.handle_signal(signal.SIGTERM)  # nothing left to cut: no error, no change
+    clock.now += 2.0
+    demo.shutdown.signal(signal.SIGTERM)  # nothing left to cut: no error, no change
     assert demo.stopping
 
 
 async def test_a_second_signal_after_the_drain_cancels_nothing() -> None:
-    demo = quiet_demo()
+    clock = Clock()
+    demo = quiet_demo(clock)
     done = asyncio.create_task(asyncio.sleep(0))
     await done
     demo.collector_task = done
-    demo.handle_signal(signal.SIGTERM)
-    demo.handle_signal(signal.SIGTERM)
+    demo.shutdown.signal(signal.SIGTERM)
+    clock.now += 2.0
+    demo.shutdown.signal(signal.SIGTERM)
     assert not done.cancelled()
+    assert not demo.shutdown.insisted
 
 
 def test_samples_of_a_collector_that_has_not_started_are_zero() -> None:

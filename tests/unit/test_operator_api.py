@@ -8,8 +8,8 @@ from optionfeed.deribit.channels import Interval
 from optionfeed.deribit.ranking import RankBy
 from optionfeed_operator.api import (
     ConditionType,
-    FeedSpec,
-    InvalidFeed,
+    InvalidOptionFeed,
+    OptionFeedSpec,
     parse_duration,
     parse_feed,
 )
@@ -32,7 +32,7 @@ def body(spec: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
 
 def test_a_minimal_feed_gets_the_documented_defaults() -> None:
     feed = parse_feed(body())
-    assert feed == FeedSpec(
+    assert feed == OptionFeedSpec(
         name="eth",
         namespace="md",
         uid="u-1",
@@ -96,13 +96,13 @@ def test_the_parsed_spec_does_not_share_state_with_the_body() -> None:
     ],
 )
 def test_an_unusable_spec_names_the_field(spec: dict[str, Any], path: str) -> None:
-    with pytest.raises(InvalidFeed) as caught:
+    with pytest.raises(InvalidOptionFeed) as caught:
         parse_feed(body(spec))
     assert caught.value.path == path
 
 
 def test_a_long_name_is_refused_because_it_goes_into_labels() -> None:
-    with pytest.raises(InvalidFeed, match=r"metadata\.name"):
+    with pytest.raises(InvalidOptionFeed, match=r"metadata\.name"):
         parse_feed(body(name="x" * 53))
 
 

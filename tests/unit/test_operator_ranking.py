@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 
 from optionfeed.deribit.ranking import RankBy
-from optionfeed_operator.api import FeedSpec, Reason, SecretKeyRef
+from optionfeed_operator.api import OptionFeedSpec, Reason, SecretKeyRef
 from optionfeed_operator.ranking import (
     RankingFailed,
     Selection,
@@ -19,7 +19,7 @@ from optionfeed_operator.ranking import (
 T0 = datetime(2025, 11, 21, 13, 0, tzinfo=UTC)
 
 
-def feed(**changes: Any) -> FeedSpec:
+def feed(**changes: Any) -> OptionFeedSpec:
     fields: dict[str, Any] = {
         "name": "eth",
         "namespace": "md",
@@ -32,7 +32,7 @@ def feed(**changes: Any) -> FeedSpec:
         "exchange_url": "ws://127.0.0.1:1/ws/api/v2",
         **changes,
     }
-    return FeedSpec(**fields)
+    return OptionFeedSpec(**fields)
 
 
 class FakeExchange:
@@ -44,7 +44,7 @@ class FakeExchange:
         self.down = False
         self.names = frozenset({"ETH-26DEC25-3000-C", "ETH-26DEC25-3000-P"})
 
-    async def __call__(self, spec: FeedSpec, session: aiohttp.ClientSession) -> Selection:
+    async def __call__(self, spec: OptionFeedSpec, session: aiohttp.ClientSession) -> Selection:
         self.calls += 1
         if self.down:
             raise RankingFailed(Reason.EXCHANGE_UNREACHABLE, "cannot reach the exchange")

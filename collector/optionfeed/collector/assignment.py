@@ -18,11 +18,8 @@ from optionfeed.shard_document import InvalidShardDocument, ShardDocument, parse
 
 log = logging.getLogger(__name__)
 
-# What the collector calls the shard document it records.
-Assignment = ShardDocument
 
-
-def read_assignment(path: Path) -> Assignment:
+def read_assignment(path: Path) -> ShardDocument:
     """The document at ``path``; raises :class:`InvalidShardDocument` if unreadable or invalid."""
     try:
         text = path.read_bytes()
@@ -32,8 +29,8 @@ def read_assignment(path: Path) -> Assignment:
 
 
 async def watch_assignment(
-    path: Path, current: Assignment, *, poll_interval: float = 1.0
-) -> AsyncIterator[Assignment]:
+    path: Path, current: ShardDocument, *, poll_interval: float = 1.0
+) -> AsyncIterator[ShardDocument]:
     """Yield each new valid assignment found at ``path``; invalid versions are logged and skipped.
 
     Polling the content is deliberate: it sees the kubelet's symlink swap, an editor's

@@ -24,7 +24,7 @@ from optionfeed.store.command import add_timescale_arguments, timescale_settings
 from optionfeed.telemetry import endpoints
 
 if TYPE_CHECKING:
-    from optionfeed.collector.app import CollectorConfig
+    from optionfeed.collector.config import CollectorConfig
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from(args: argparse.Namespace) -> object:
-    from optionfeed.collector.app import CollectorConfig, LocalPlan
+    from optionfeed.collector.config import CollectorConfig, LocalPlan
     from optionfeed.deribit.ranking import RankBy
 
     if args.assignment is not None and args.currency is not None:
@@ -264,9 +264,11 @@ class _UsageError(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
-    from optionfeed.collector.app import Collector, CollectorConfig, install_signal_handlers
+    from optionfeed.collector.app import Collector
+    from optionfeed.collector.config import CollectorConfig
     from optionfeed.deribit.errors import DeribitError
     from optionfeed.shard_document import InvalidShardDocument
+    from optionfeed.shutdown import Shutdown
     from optionfeed.store.errors import StoreError
     from optionfeed.telemetry import tracing
 
@@ -277,14 +279,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"optionfeed collect: error: {exc}", file=sys.stderr)
         return 2
 
-    async def main() -> None:
-        collector = Collector(config)
-        install_signal_handlers(collector)
-        await collector.run()
-
+    collector = Collector(config)
+    shutdown = Shutdown.abandoning(collector.stop, "stopping now, without waiting for the drain")
     traces = tracing.setup("optionfeed-collector", _trace_identity(config))
     try:
-        asyncio.run(main())
+        shutdown.run(collector.run())
     except InvalidShardDocument as exc:
         print(f"optionfeed collect: error: {exc}", file=sys.stderr)
         return 2

@@ -94,11 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
     from optionfeed.demo.exchange import ExchangeError
     from optionfeed.demo.progress import summary_text
-    from optionfeed.demo.runner import Demo, DemoConfig, DemoFailed, Outcome
+    from optionfeed.demo.runner import Demo, DemoConfig, DemoFailed
     from optionfeed.deribit.errors import DeribitError
     from optionfeed.store.errors import StoreError
 
@@ -116,13 +114,9 @@ def run(args: argparse.Namespace) -> int:
         progress_every=args.progress_every,
     )
 
-    async def main() -> Outcome:
-        demo = Demo(config, out=sys.stdout)
-        demo.install_signal_handlers()
-        return await demo.run()
-
+    demo = Demo(config, out=sys.stdout)
     try:
-        outcome = asyncio.run(main())
+        outcome = demo.shutdown.run(demo.run())
     except (DemoFailed, ExchangeError, StoreError, DeribitError) as exc:
         print(f"optionfeed demo: error: {exc}", file=sys.stderr)
         return 1

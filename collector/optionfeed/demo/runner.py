@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,7 +29,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from optionfeed.collector.app import Collector, CollectorConfig, LocalPlan
+from optionfeed.collector.app import Collector
+from optionfeed.collector.config import CollectorConfig, LocalPlan
 from optionfeed.demo.exchange import SimulatedExchange
 from optionfeed.demo.progress import (
     TABLES,
@@ -46,6 +46,7 @@ from optionfeed.report import read_report
 from optionfeed.report.errors import ReportError
 from optionfeed.report.model import Report
 from optionfeed.report.window import Window
+from optionfeed.shutdown import Shutdown
 from optionfeed.store.embedded import EmbeddedPostgres
 from optionfeed.store.errors import StoreError
 
@@ -115,7 +116,7 @@ def read_messages(collector: Collector) -> float:
 
 
 def take_sample(collector: Collector, at: float) -> Sample:
-    writer, router, feed = collector.writer, collector.router, collector.feed
+    writer, router, pool = collector.writer, collector.router, collector.pool
     return Sample(
         at=at,
         messages=read_messages(collector),
@@ -123,16 +124,20 @@ def take_sample(collector: Collector, at: float) -> Sample:
         lag=read_lag(collector),
         buffered=writer.buffered_rows if writer is not None else 0,
         capacity=writer.capacity_rows if writer is not None else collector.config.buffer_rows,
-        connections=sum(1 for c in feed.connections if c.connected) if feed is not None else 0,
-        channels_acked=len(feed.acknowledged) if feed is not None else 0,
-        channels_held=len(feed.channels) if feed is not None else 0,
+        connections=sum(1 for c in pool.connections if c.connected) if pool is not None else 0,
+        channels_acked=len(pool.acknowledged) if pool is not None else 0,
+        channels_held=len(pool.channels) if pool is not None else 0,
         rejected=(router.counts.rejected if router is not None else 0)
         + (writer.stats.rejected if writer is not None else 0),
     )
 
 
 class Demo:
-    """Runs one demo; :meth:`stop` (or a signal) ends it cleanly."""
+    """Runs one demo; :meth:`stop` (or a signal to :attr:`shutdown`) ends it cleanly.
+
+    A second signal, while the collector drains, cuts the drain short (its writer still gets its
+    own close deadline); the simulator and the database are stopped in order all the same.
+    """
 
     def __init__(
         self,
@@ -158,6 +163,12 @@ class Demo:
         self._recording_until: float | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._database_up = False
+        self.shutdown = Shutdown(
+            self.stop,
+            insist=self._cut_drain,
+            insisting="cancelling the collector's drain",
+            monotonic=monotonic,
+        )
 
     # ----------------------------------------------------------------- control
 
@@ -172,26 +183,13 @@ class Demo:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def handle_signal(self, signum: int) -> None:
-        """First SIGINT/SIGTERM: stop cleanly. Second, while the collector drains: cancel the
-        drain (its writer still gets its own close deadline); the simulator and the database are
-        stopped in order all the same. Later ones change nothing."""
-        name = signal.Signals(signum).name
+    def _cut_drain(self, signal_name: str) -> bool:
         task = self.collector_task
-        if not self.stopping:
-            log.info("%s: stopping cleanly (again to cut the drain short)", name)
-            self.stop()
-        elif task is not None and not task.done() and self._drain_cut is None:
-            self._drain_cut = f"a second {name}"
-            log.warning("second %s: cancelling the collector's drain", name)
-            task.cancel()
-        else:
-            log.info("%s: already stopping", name)
-
-    def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, self.handle_signal, signum)
+        if task is None or task.done() or self._drain_cut is not None:
+            return False
+        self._drain_cut = f"a second {signal_name}"
+        task.cancel()
+        return True
 
     # ----------------------------------------------------------------- the run
 

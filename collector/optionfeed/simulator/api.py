@@ -304,13 +304,13 @@ def _subscribe(api: Api, p: Params, session: Session | None, out: Outcome) -> An
         channel = publisher.resolve(name, api.source.is_live)
         if channel is None:
             continue
-        fresh = name not in s.feeds
+        fresh = name not in s.subscribed
         publisher.subscribe(s, name, channel)
-        if name in s.feeds:
+        if name in s.subscribed:
             accepted.append(name)
             if fresh and channel.kind is Kind.BOOK:
                 books.append(name)
-    s.record.channels = len(s.feeds)
+    s.record.channels = len(s.subscribed)
     if books:
 
         def send_snapshots() -> None:
@@ -337,7 +337,7 @@ def _unsubscribe(api: Api, p: Params, session: Session | None, out: Outcome) -> 
     s = _ws(session)
     names = p.string_list("channels")
     gone = [name for name in dict.fromkeys(names) if api.publisher.unsubscribe(s, name)]
-    s.record.channels = len(s.feeds)
+    s.record.channels = len(s.subscribed)
     return gone
 
 

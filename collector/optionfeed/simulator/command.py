@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import logging
 import random
-import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +37,7 @@ from pathlib import Path
 from aiohttp import web
 
 from optionfeed.settings import add_option, port_number, positive_float
+from optionfeed.shutdown import Shutdown
 from optionfeed.simulator.api import ApiSettings
 from optionfeed.simulator.clock import WallClock
 from optionfeed.simulator.faults import (
@@ -368,7 +367,8 @@ def build(args: argparse.Namespace) -> Simulator:
     return simulator
 
 
-async def serve(simulator: Simulator, ready: asyncio.Event | None = None) -> None:
+async def serve(simulator: Simulator, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set."""
     # The market's thousands of long-lived objects need no cyclic collection: freezing them and
     # collecting the young generation less often saves about a tenth of the CPU under load.
     gc.collect()
@@ -378,11 +378,6 @@ async def serve(simulator: Simulator, ready: asyncio.Event | None = None) -> Non
     await runner.setup()
     site = web.TCPSite(runner, simulator.settings.host, simulator.settings.port)
     await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     try:
         address = runner.addresses[0]
         simulator.port = int(address[1])
@@ -392,8 +387,6 @@ async def serve(simulator: Simulator, ready: asyncio.Event | None = None) -> Non
             f"(ws://{host}:{simulator.port}/ws/api/v2) seed={simulator.settings.seed}",
             flush=True,
         )
-        if ready is not None:
-            ready.set()
         await stop.wait()
     finally:
         await runner.cleanup()
@@ -405,8 +398,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"optionfeed simulate: {exc}", file=sys.stderr)
         return 2
+    stop = asyncio.Event()
     try:
-        asyncio.run(serve(simulator))
+        Shutdown(stop.set).run(serve(simulator, stop))
     except OSError as exc:
         print(
             f"optionfeed simulate: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr

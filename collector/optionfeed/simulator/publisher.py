@@ -1,8 +1,8 @@
 """Fan-out: from market events to subscribers' outboxes, once per channel, at each interval.
 
-The publisher is the market's :class:`~.market.Listener`. A subscribed channel is a :class:`Feed`
-holding its subscribers; each notification is serialised and framed once and the same bytes are
-queued on every subscriber's :class:`~.session.Session`.
+The publisher is the market's :class:`~.market.Listener`. A channel with subscribers is a
+:class:`SubscribedChannel`; each notification is serialised and framed once and the same bytes
+are queued on every subscriber's :class:`~.session.Session`.
 
 Intervals (docs/deribit-protocol.md §6):
 
@@ -49,7 +49,7 @@ _header = frames.text_header
 _SUFFIX = jsonrpc.SUBSCRIPTION_SUFFIX
 
 
-class Feed:
+class SubscribedChannel:
     """A channel with subscribers: its frame prefix and each subscriber's ledger counters."""
 
     __slots__ = ("channel", "instrument", "name", "prefix", "subscribers")
@@ -93,17 +93,19 @@ class Window:
         self.trades: list[TradeRecord] | None = None  # collecting trades when someone wants them
 
 
-class OptionFeeds:
+class OptionChannels:
     """The publisher's state for one option (``option.pub``)."""
 
-    __slots__ = ("feeds", "windows")
+    __slots__ = ("subscribed", "windows")
 
     def __init__(self) -> None:
-        self.feeds: dict[str, Feed] = {}  # "ticker.raw", "book.100ms", "quote", "trades.agg2"...
+        self.subscribed: dict[
+            str, SubscribedChannel
+        ] = {}  # "ticker.raw", "book.100ms", "quote", "trades.agg2"...
         self.windows: dict[str, Window] = {}  # "100ms", "agg2"
 
 
-def feed_key(channel: Channel) -> str:
+def channel_key(channel: Channel) -> str:
     if channel.kind is Kind.QUOTE:
         return "quote"
     return f"{channel.kind.value}.{channel.interval}"
@@ -142,11 +144,12 @@ class Publisher:
         self.ledger = ledger
         self.market: Market | None = None
         # Currency-wide and global channels, by name.
-        self.feeds: dict[str, Feed] = {}
+        self.subscribed: dict[str, SubscribedChannel] = {}
         # Options with events in the current window of each interval, in event order.
         self._dirty: dict[str, list[Option]] = {interval: [] for interval in AGGREGATED}
-        # trades.option.{currency}.{interval}: (currency, interval) -> feed, and the window's trades
-        self._currency_trades: dict[tuple[str, str], Feed] = {}
+        # trades.option.{currency}.{interval}: (currency, interval) -> its channel, and the
+        # window's trades
+        self._currency_trades: dict[tuple[str, str], SubscribedChannel] = {}
         self._currency_windows: dict[tuple[str, str], list[TradeRecord]] = {}
 
     # ------------------------------------------------------------------ subscriptions
@@ -172,41 +175,41 @@ class Publisher:
         return None
 
     def subscribe(self, session: Session, name: str, channel: Channel) -> None:
-        if name in session.feeds:
+        if name in session.subscribed:
             return
-        feed = self._feed_for(name, channel)
-        if feed is None:
+        sub = self._subscribed_channel(name, channel)
+        if sub is None:
             return
-        feed.subscribers[session] = self.ledger.stats(name, channel.instrument, session.record)
-        session.feeds[name] = feed
+        sub.subscribers[session] = self.ledger.stats(name, channel.instrument, session.record)
+        session.subscribed[name] = sub
 
     def unsubscribe(self, session: Session, name: str) -> bool:
-        feed = session.feeds.pop(name, None)
-        if feed is None:
+        sub = session.subscribed.pop(name, None)
+        if sub is None:
             return False
-        feed.subscribers.pop(session, None)
-        if not feed.subscribers:
-            self._drop_feed(feed)
+        sub.subscribers.pop(session, None)
+        if not sub.subscribers:
+            self._drop_channel(sub)
         return True
 
     def unsubscribe_all(self, session: Session) -> None:
-        for name in list(session.feeds):
+        for name in list(session.subscribed):
             self.unsubscribe(session, name)
 
-    def _feed_for(self, name: str, channel: Channel) -> Feed | None:
+    def _subscribed_channel(self, name: str, channel: Channel) -> SubscribedChannel | None:
         kind = channel.kind
         if channel.instrument is not None:
             market = self.market
             option = market.option(channel.instrument) if market is not None else None
             if option is None:
-                return self.feeds.setdefault(name, Feed(name, channel))
-            pub: OptionFeeds | None = option.pub
+                return self.subscribed.setdefault(name, SubscribedChannel(name, channel))
+            pub: OptionChannels | None = option.pub
             if pub is None:
-                pub = option.pub = OptionFeeds()
-            key = feed_key(channel)
-            feed: Feed | None = pub.feeds.get(key)
-            if feed is None:
-                feed = pub.feeds[key] = Feed(name, channel)
+                pub = option.pub = OptionChannels()
+            key = channel_key(channel)
+            sub: SubscribedChannel | None = pub.subscribed.get(key)
+            if sub is None:
+                sub = pub.subscribed[key] = SubscribedChannel(name, channel)
                 interval = str(channel.interval) if channel.interval is not None else None
                 if interval in AGGREGATED:
                     window = pub.windows.get(interval)
@@ -219,25 +222,25 @@ class Publisher:
                         window.book_ts = option.book_ts
                     elif kind is Kind.TRADES:
                         window.trades = []
-            return feed
-        feed = self.feeds.get(name)
-        if feed is None:
-            feed = self.feeds[name] = Feed(name, channel)
+            return sub
+        sub = self.subscribed.get(name)
+        if sub is None:
+            sub = self.subscribed[name] = SubscribedChannel(name, channel)
             if kind is Kind.CURRENCY_TRADES:
                 key2 = (str(channel.currency), str(channel.interval))
-                self._currency_trades[key2] = feed
+                self._currency_trades[key2] = sub
                 self._currency_windows[key2] = []
-        return feed
+        return sub
 
-    def _drop_feed(self, feed: Feed) -> None:
-        channel = feed.channel
+    def _drop_channel(self, sub: SubscribedChannel) -> None:
+        channel = sub.channel
         if channel.instrument is not None and self.market is not None:
             option = self.market.option(channel.instrument)
             pub = option.pub if option is not None else None
             if pub is not None:
-                key = feed_key(channel)
-                if pub.feeds.get(key) is feed:
-                    del pub.feeds[key]
+                key = channel_key(channel)
+                if pub.subscribed.get(key) is sub:
+                    del pub.subscribed[key]
                 interval = str(channel.interval)
                 window = pub.windows.get(interval)
                 if window is not None:
@@ -246,13 +249,13 @@ class Publisher:
                         window.orig = {}
                     elif channel.kind is Kind.TRADES:
                         window.trades = None
-                    if not any(k.endswith("." + interval) for k in pub.feeds):
+                    if not any(k.endswith("." + interval) for k in pub.subscribed):
                         del pub.windows[interval]
-                if not pub.feeds:
+                if not pub.subscribed:
                     option.pub = None  # type: ignore[union-attr]
                 return
-        if self.feeds.get(feed.name) is feed:
-            del self.feeds[feed.name]
+        if self.subscribed.get(sub.name) is sub:
+            del self.subscribed[sub.name]
         if channel.kind is Kind.CURRENCY_TRADES:
             key2 = (str(channel.currency), str(channel.interval))
             self._currency_trades.pop(key2, None)
@@ -260,17 +263,17 @@ class Publisher:
 
     def snapshot(self, session: Session, name: str) -> None:
         """Send a new book subscriber the snapshot its stream continues from."""
-        feed = session.feeds.get(name)
+        sub = session.subscribed.get(name)
         market = self.market
-        if feed is None or feed.channel.kind is not Kind.BOOK or market is None:
+        if sub is None or sub.channel.kind is not Kind.BOOK or market is None:
             return
-        option = market.option(feed.channel.instrument or "")
+        option = market.option(sub.channel.instrument or "")
         if option is None or option.pub is None:
             return
         bids = dict(option.book.bids)
         asks = dict(option.book.asks)
         change_id, ts = option.change_id, option.book_ts
-        window = option.pub.windows.get(str(feed.channel.interval))
+        window = option.pub.windows.get(str(sub.channel.interval))
         if window is not None and window.book:
             for (is_bid, price), amount in window.orig.items():
                 levels = bids if is_bid else asks
@@ -292,8 +295,8 @@ class Publisher:
                 "asks": [["new", round(p * tick, dec), asks[p]] for p in sorted(asks)],
             }
         )
-        stats = feed.subscribers[session]
-        session.push(_frame(feed.prefix, data), (stats, ts, ts, 0, change_id, 0))
+        stats = sub.subscribers[session]
+        session.push(_frame(sub.prefix, data), (stats, ts, ts, 0, change_id, 0))
 
     # ------------------------------------------------------------------ market listener
 
@@ -309,14 +312,14 @@ class Publisher:
         pub = option.pub
         if pub is None:
             return
-        feeds = pub.feeds
+        subscribed = pub.subscribed
         ts = option.last_ts
-        feed = feeds.get("ticker.raw")
-        if feed is not None:
-            feed.emit(_dumps(settled(option)), ts, ts, 0, 0, 0)
+        sub = subscribed.get("ticker.raw")
+        if sub is not None:
+            sub.emit(_dumps(settled(option)), ts, ts, 0, 0, 0)
         if changes:
-            feed = feeds.get("book.raw")
-            if feed is not None:
+            sub = subscribed.get("book.raw")
+            if sub is not None:
                 bids, asks = _wire_levels(option, changes)
                 data = _dumps(
                     {
@@ -329,15 +332,15 @@ class Publisher:
                         "asks": asks,
                     }
                 )
-                feed.emit(data, ts, ts, 0, option.change_id, 0)
+                sub.emit(data, ts, ts, 0, option.change_id, 0)
         if quote_changed:
-            feed = feeds.get("quote")
-            if feed is not None:
-                feed.emit(_dumps(quote_payload(option)), ts, ts, 0, 0, 0)
+            sub = subscribed.get("quote")
+            if sub is not None:
+                sub.emit(_dumps(quote_payload(option)), ts, ts, 0, 0, 0)
         if trade is not None:
-            feed = feeds.get("trades.raw")
-            if feed is not None:
-                feed.emit(b"[" + trade.payload + b"]", ts, ts, trade.seq, 0, 1)
+            sub = subscribed.get("trades.raw")
+            if sub is not None:
+                sub.emit(b"[" + trade.payload + b"]", ts, ts, trade.seq, 0, 1)
         windows = pub.windows
         if windows:
             dirty = self._dirty
@@ -356,9 +359,9 @@ class Publisher:
 
     def _currency_trade(self, option: Option, trade: TradeRecord) -> None:
         for currency in (option.currency, CURRENCY_ANY):
-            feed = self._currency_trades.get((currency, "raw"))
-            if feed is not None:
-                feed.emit(b"[" + trade.payload + b"]", trade.ts, trade.ts, 0, 0, 1)
+            sub = self._currency_trades.get((currency, "raw"))
+            if sub is not None:
+                sub.emit(b"[" + trade.payload + b"]", trade.ts, trade.ts, 0, 0, 1)
             for interval in AGGREGATED:
                 window = self._currency_windows.get((currency, interval))
                 if window is not None:
@@ -376,9 +379,9 @@ class Publisher:
             for currency in (*self._currencies(), CURRENCY_ANY):
                 trades = self._currency_windows.get((currency, interval))
                 if trades:
-                    feed = self._currency_trades[(currency, interval)]
+                    sub = self._currency_trades[(currency, interval)]
                     data = b"[" + b",".join(t.payload for t in trades) + b"]"
-                    feed.emit(data, trades[0].ts, trades[-1].ts, 0, 0, len(trades))
+                    sub.emit(data, trades[0].ts, trades[-1].ts, 0, 0, len(trades))
                     trades.clear()
 
     def _currencies(self) -> tuple[str, ...]:
@@ -392,15 +395,15 @@ class Publisher:
         if window is None or not window.dirty:
             return
         window.dirty = False
-        feeds = pub.feeds
+        subscribed = pub.subscribed
         ts = option.last_ts
-        feed = feeds.get("ticker." + interval)
-        if feed is not None:
-            feed.emit(_dumps(settled(option)), ts, ts, 0, 0, 0)
+        sub = subscribed.get("ticker." + interval)
+        if sub is not None:
+            sub.emit(_dumps(settled(option)), ts, ts, 0, 0, 0)
         if window.book:
-            feed = feeds.get("book." + interval)
+            sub = subscribed.get("book." + interval)
             orig = window.orig
-            if feed is not None and orig:
+            if sub is not None and orig:
                 book = option.book
                 entries: list[BookEntry] = []
                 for (is_bid, price), before in sorted(orig.items(), key=_level_order):
@@ -422,31 +425,31 @@ class Publisher:
                             "asks": asks,
                         }
                     )
-                    feed.emit(data, option.book_ts, option.book_ts, 0, change_id, 0)
+                    sub.emit(data, option.book_ts, option.book_ts, 0, change_id, 0)
                     window.book_change_id = change_id
                     window.book_ts = option.book_ts
         trades = window.trades
         if trades:
-            feed = feeds.get("trades." + interval)
-            if feed is not None:
+            sub = subscribed.get("trades." + interval)
+            if sub is not None:
                 data = b"[" + b",".join(t.payload for t in trades) + b"]"
-                feed.emit(data, trades[0].ts, trades[-1].ts, trades[-1].seq, 0, len(trades))
+                sub.emit(data, trades[0].ts, trades[-1].ts, trades[-1].seq, 0, len(trades))
             trades.clear()
 
     def on_instrument_state(self, option: Option, state: str, t_ms: int) -> None:
-        if not self.feeds:
+        if not self.subscribed:
             return
         data = _dumps({"timestamp": t_ms, "state": state, "instrument_name": option.name})
         for kind in ("option", "any"):
             for currency in (option.currency, CURRENCY_ANY):
-                feed = self.feeds.get(f"instrument.state.{kind}.{currency}")
-                if feed is not None:
-                    feed.emit(data, t_ms, t_ms, 0, 0, 0)
+                sub = self.subscribed.get(f"instrument.state.{kind}.{currency}")
+                if sub is not None:
+                    sub.emit(data, t_ms, t_ms, 0, 0, 0)
 
     def platform_state(self, data: dict[str, Any], t_ms: int) -> None:
-        feed = self.feeds.get("platform_state")
-        if feed is not None:
-            feed.emit(_dumps(data), t_ms, t_ms, 0, 0, 0)
+        sub = self.subscribed.get("platform_state")
+        if sub is not None:
+            sub.emit(_dumps(data), t_ms, t_ms, 0, 0, 0)
 
 
 def _level_order(item: tuple[tuple[bool, int], float | None]) -> tuple[bool, int]:

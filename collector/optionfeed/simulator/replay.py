@@ -239,7 +239,7 @@ class ReplaySource:
 
     def pump(self, now: float) -> None:
         if self._start is None:
-            if not self.publisher.feeds:
+            if not self.publisher.subscribed:
                 return
             self._start = now
         elapsed = (now - self._start) * self.speed
@@ -268,13 +268,13 @@ class ReplaySource:
             seq = max(int(t.get("trade_seq") or 0) for t in data)
             n = len(data)
             self.trades_total += n
-        feeds = self.publisher.feeds
+        subscribed = self.publisher.subscribed
         head, _, interval = c.channel.rpartition(".")
         targets = [f"{head}.{i}" for i in INTERVALS] if interval in INTERVALS else [c.channel]
         for target in targets:
-            feed = feeds.get(target)
-            if feed is not None:
-                feed.emit(c.data_json, first_ts, last_ts, seq, change_id, n)
+            sub = subscribed.get(target)
+            if sub is not None:
+                sub.emit(c.data_json, first_ts, last_ts, seq, change_id, n)
 
     # ------------------------------------------------------------------ Source
 

@@ -25,7 +25,7 @@ from optionfeed.simulator import frames, ledger
 from optionfeed.simulator.ledger import ConnectionRecord, FrameMeta
 
 if TYPE_CHECKING:
-    from optionfeed.simulator.publisher import Feed
+    from optionfeed.simulator.publisher import SubscribedChannel
 
 # Bytes the transport may buffer before the outbox holds further frames back.
 TRANSPORT_HIGH_WATER = 1024 * 1024
@@ -49,7 +49,7 @@ class Session:
         self.transport = transport
         self.record = record
         self.authenticated = False
-        self.feeds: dict[str, Feed] = {}
+        self.subscribed: dict[str, SubscribedChannel] = {}
         self.heartbeat_interval: float | None = None
         self.next_heartbeat = 0.0
         self.awaiting_test = False

@@ -58,7 +58,7 @@ def instrument_of(channel: str) -> str:
         return ""
 
 
-class Feed:
+class ConnectionPool:
     """The connections of one collector and the channels they hold."""
 
     def __init__(
@@ -90,7 +90,7 @@ class Feed:
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def __aenter__(self) -> Feed:
+    async def __aenter__(self) -> ConnectionPool:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(
                 total=None,
@@ -124,9 +124,9 @@ class Feed:
         return frozenset(self._channels)
 
     def set_channels(self, channels: Iterable[str]) -> ChannelDiff:
-        """Make the feed hold exactly ``channels``; subscribes and unsubscribes the difference."""
+        """Make the pool hold exactly ``channels``; subscribes and unsubscribes the difference."""
         if self._session is None:
-            raise RuntimeError("enter the feed (async with) before setting its channels")
+            raise RuntimeError("enter the pool (async with) before setting its channels")
         wanted = set(channels)
         diff = ChannelDiff(frozenset(wanted - self._channels), frozenset(self._channels - wanted))
         self._remove(diff.removed)
