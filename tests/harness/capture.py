@@ -11,6 +11,23 @@ import orjson
 DATA = Path(__file__).resolve().parents[1] / "data" / "deribit"
 
 
+# A trade as ``trades.*`` notifications carry it (docs/deribit-protocol.md §6.4: Deribit's own
+# option example, real 2020). The WebSocket capture holds no trade.
+TRADE: dict[str, Any] = {
+    "trade_seq": 2,
+    "trade_id": "48079289",
+    "timestamp": 1590484589306,
+    "tick_direction": 2,
+    "price": 0.0075,
+    "mark_price": 0.01062686,
+    "iv": 47.58,
+    "instrument_name": "BTC-27MAY20-9000-C",
+    "index_price": 8956.17,
+    "direction": "sell",
+    "amount": 3,
+}
+
+
 def notifications() -> list[tuple[str, Any, float]]:
     """(channel, data, receive time) of every notification in the capture, freshly parsed."""
     found = []

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from harness.capture import DATA, capture, ticker_expectation
+from harness.capture import DATA, TRADE, capture, ticker_expectation
 from optionfeed.collector import normalize
 from optionfeed.collector.normalize import NormalizeError
 from optionfeed.store import tables
@@ -41,20 +41,6 @@ EXPIRED_TICKER: dict[str, Any] = {
     "best_ask_price": 0.0,
     "best_ask_amount": 0.0,
     "ask_iv": 500.0,
-}
-
-TRADE: dict[str, Any] = {
-    "trade_seq": 2,
-    "trade_id": "48079289",
-    "timestamp": 1590484589306,
-    "tick_direction": 2,
-    "price": 0.0075,
-    "mark_price": 0.01062686,
-    "iv": 47.58,
-    "instrument_name": "BTC-27MAY20-9000-C",
-    "index_price": 8956.17,
-    "direction": "sell",
-    "amount": 3,
 }
 
 

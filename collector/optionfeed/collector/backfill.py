@@ -5,7 +5,9 @@ stopped (``after_seq``), and possibly where it resumed (``upto_seq``). The backf
 ``public/get_last_trades_by_instrument`` (``start_seq``/``end_seq``, 1,000 a page, ascending,
 while ``has_more``) and writes every trade it gets. Duplicates are impossible: trades merge on
 (instrument, trade_id). When the stream never delivered a trade of the instrument (so no sequence
-number is known), the first page is fetched by time from the gap's start instead.
+number is known), the first page is fetched by time from the gap's start instead. What to ask
+for, where paging stops and what counts as recovered is decided in
+:mod:`optionfeed.collector.trade_pages`; this module does the requests.
 
 Requests go through the collector's :class:`~optionfeed.collector.pacing.RequestPacer`, the same
 credit buckets its WebSocket requests draw on, so backfill can never push the collector into
@@ -29,7 +31,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from operator import itemgetter
 from typing import Any
 
 from opentelemetry import trace
@@ -40,16 +41,21 @@ from optionfeed.collector.normalize import BadElement, split_trades
 from optionfeed.collector.pacing import RequestPacer
 from optionfeed.collector.router import RowSink
 from optionfeed.collector.sequences import TradeSequences
+from optionfeed.collector.trade_pages import (
+    BySeq,
+    ByTime,
+    page_of,
+    page_request,
+    recovered,
+    resume_after,
+    rows_after,
+)
 from optionfeed.deribit.errors import ExchangeUnreachable, ProtocolError, RpcError
 from optionfeed.deribit.rest import RestClient
 from optionfeed.store import tables
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
-
-PAGE = 1000
-BY_SEQ = "public/get_last_trades_by_instrument"
-BY_TIME = "public/get_last_trades_by_instrument_and_time"
 
 Recovered = Callable[[TradeRecovery, int, tuple[int, int] | None], None]
 # Stores each bad element of a list as a rejection: (elements, of how many, when, where from).
@@ -131,8 +137,9 @@ class Backfiller:
         highest: int | None = None  # the highest trade_seq the exchange gave, stored or not
         after = recovery.after_seq
         while True:
+            request = page_request(recovery, after, time.time())
             try:
-                method, page, has_more = await self._page(recovery, after)
+                page, has_more = await self._page(recovery.instrument, request)
             except (ExchangeUnreachable, RpcError, ProtocolError) as exc:
                 if isinstance(exc, RpcError) and not exc.transient:
                     log.error(
@@ -152,62 +159,52 @@ class Backfiller:
                 continue
             backoff.reset()
             fetched += len(page)
-            stored.extend(await self._store(method, page, after))
-            last = _last_seq(page)
-            if last is None or (after is not None and last <= after):
-                break  # an empty page, or one that does not move on
+            stored.extend(await self._store(request.method, page, after))
+            last = resume_after(page, after)
+            if last is None:
+                break
             highest = last if highest is None else max(highest, last)
             after = last
             if not has_more:
                 break
         self.fetched += fetched
-        missed = [seq for seq in stored if _was_missed(seq, recovery)]
+        count, seqs = recovered(stored, recovery)
         trace.get_current_span().set_attributes(
             {
                 "optionfeed.backfill.trades_fetched": fetched,
-                "optionfeed.rows_recovered": len(missed),
+                "optionfeed.rows_recovered": count,
             }
         )
-        seqs = (min(missed), max(missed)) if missed else None
         if highest is not None:
             self._trades.seed(recovery.instrument, highest)
-        if missed:
+        if seqs is not None:
             log.info(
                 "recovered %d trades of %s (trade_seq %d..%d)",
-                len(missed),
+                count,
                 recovery.instrument,
-                *seqs,  # type: ignore[misc]
+                *seqs,
             )
-        self._on_recovered(recovery, len(missed), seqs)
+        self._on_recovered(recovery, count, seqs)
 
-    async def _page(
-        self, recovery: TradeRecovery, after: int | None
-    ) -> tuple[str, list[Any], bool]:
-        """The method asked, its page of trades (unchecked), and whether more follow."""
-        if after is None:
-            method = BY_TIME
-            await self._pacer.acquire(method)
-            end = recovery.gap.end or time.time()
-            result: Any = await self._rest.get_last_trades_by_instrument_and_time(
-                recovery.instrument,
-                start_timestamp=int(recovery.gap.start * 1000),
-                end_timestamp=int(end * 1000) + 1,
-                count=PAGE,
+    async def _page(self, instrument: str, request: BySeq | ByTime) -> tuple[list[Any], bool]:
+        """One page of trades (unchecked), and whether more follow."""
+        await self._pacer.acquire(request.method)
+        result: Any
+        if isinstance(request, ByTime):
+            result = await self._rest.get_last_trades_by_instrument_and_time(
+                instrument,
+                start_timestamp=request.start_timestamp,
+                end_timestamp=request.end_timestamp,
+                count=request.count,
             )
         else:
-            method = BY_SEQ
-            await self._pacer.acquire(method)
             result = await self._rest.get_last_trades_by_instrument(
-                recovery.instrument,
-                start_seq=after + 1,
-                end_seq=recovery.upto_seq,
-                count=PAGE,
+                instrument,
+                start_seq=request.start_seq,
+                end_seq=request.end_seq,
+                count=request.count,
             )
-        if not isinstance(result, dict) or not isinstance(result.get("trades"), list):
-            raise ProtocolError(
-                f"{method} answered {type(result).__name__}, not an object with a trades array"
-            )
-        return method, result["trades"], bool(result.get("has_more"))
+        return page_of(request.method, result)
 
     async def _store(self, method: str, page: list[Any], after: int | None) -> list[int]:
         """Store the good trades of ``page`` after ``after``, reject the bad; their trade_seqs."""
@@ -215,27 +212,7 @@ class Backfiller:
         rows, bad = split_trades(page, now)
         if bad:
             await self._reject(bad, len(page), now, method)
-        if after is not None:
-            rows = [row for row in rows if row[_SEQ] > after]
-        rows.sort(key=itemgetter(_SEQ))
+        rows = rows_after(rows, after)
         if rows:
             await self._rows.put_many(tables.TRADES, rows)
         return [row[_SEQ] for row in rows]
-
-
-def _last_seq(page: list[Any]) -> int | None:
-    """The highest trade_seq on a page, malformed trades included (where paging resumes)."""
-    seqs: list[int] = [
-        trade["trade_seq"]
-        for trade in page
-        if isinstance(trade, dict) and type(trade.get("trade_seq")) is int
-    ]
-    return max(seqs, default=None)
-
-
-def _was_missed(trade_seq: int, recovery: TradeRecovery) -> bool:
-    if recovery.after_seq is not None and trade_seq <= recovery.after_seq:
-        return False
-    if recovery.upto_seq is not None and trade_seq > recovery.upto_seq:
-        return False
-    return recovery.first_live_seq is None or trade_seq < recovery.first_live_seq

@@ -9,7 +9,10 @@ instrument and channel for each gap:
   stream went silent without closing.
 - ``sequence``: trades skipped a ``trade_seq`` (bounds in ``seq_from``/``seq_to``), or a book's
   ``prev_change_id`` did not follow the last ``change_id`` (until the fresh snapshot arrives).
-- ``stale``: a ticker silent longer than its threshold, from its last message to its next.
+- ``stale``: a ticker silent longer than its threshold, from its last message to its next (or
+  to its session's last frame, where a ``disconnect`` gap takes over).
+
+An instrument that leaves the feed ends its open gaps at that moment.
 
 A gap row is written when the gap opens (``gap_end`` NULL: it shows while it lasts) and written
 again, same ``gap_id``, when it closes and when its trades have been fetched; the table merges
@@ -204,6 +207,10 @@ class GapRecorder(Events, Observer):
                 continue
             instrument, family = key
             self.staleness.forget(instrument, family)
+            stale = self.stale_gaps.pop(key, None)
+            if stale is not None:  # the session's gap takes over from its last frame
+                stale.end = max(stale.start, last_frame_at)
+                self.record(stale)
             gap = Gap(family, instrument, last_frame_at, gap_reason)
             if family == "trades":
                 last = self._trades.last.get(instrument)
@@ -329,11 +336,18 @@ class GapRecorder(Events, Observer):
             self.record(gap, opened=True)
 
     def forget(self, instrument: str) -> None:
-        """An instrument left the feed: stop watching it."""
+        """An instrument left the feed: stop watching it, and end its open gaps now."""
+        now = self._clock()
+        left: list[Gap | None] = [self.book_gaps.pop(instrument, None)]
         for family in FAMILIES.values():
+            key = (instrument, family)
             self.staleness.forget(instrument, family)
-            self.stale_gaps.pop((instrument, family), None)
-            self._last_seen.pop((instrument, family), None)
+            self._last_seen.pop(key, None)
+            left += [self.stale_gaps.pop(key, None), self.disconnected_gaps.pop(key, None)]
+        for gap in left:
+            if gap is not None:
+                gap.end = max(gap.start, now)
+                self.record(gap)
 
     # ----------------------------------------------------------------- recoveries
 
