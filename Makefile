@@ -1,7 +1,8 @@
 # Every target installs what it needs first, so each works on a fresh machine.
 #   make run    record the ETH top 50 (ticker + trades) from Deribit into an embedded PostgreSQL
-#   make test   unit, integration (PostgreSQL, TimescaleDB + simulator), Kubernetes (real control plane),
-#               image (containerd) and node (a real kubelet running the image's pods) tests
+#   make test   every tier: unit, integration (PostgreSQL, TimescaleDB + simulator) with the failure
+#               drills run short, Kubernetes (real control plane), image (containerd) and node (a real
+#               kubelet running the image's pods); plain `pytest` runs unit + integration, no drills
 #   make image  the container image as OCI archives, build/image/optionfeed-<version>-{amd64,arm64}.oci.tar
 #   make demo   simulator + collector + embedded PostgreSQL, no network needed
 #   make bench  benchmarks: print figures and the commands that made them
@@ -73,9 +74,13 @@ run: setup
 demo: setup
 	$(RUN) optionfeed demo $(if $(DURATION),--duration $(DURATION))
 
-test: setup postgres timescaledb prometheus k8s otel-receiver image containerd node
-	$(RUN) pytest $(PYTEST_ARGS)
+# Every tier, drills included (-m "" lifts pyproject's `-m 'not drill'`); TEST_PATHS narrows it.
+TEST_PATHS ?= tests/unit tests/integration tests/kube tests/image tests/node
 
+test: setup postgres timescaledb prometheus k8s otel-receiver image containerd node
+	$(RUN) pytest -m "" $(TEST_PATHS) $(PYTEST_ARGS)
+
+# The failure drills only (tests/integration/test_drills.py), at full length.
 drills: setup postgres
 	OPTIONFEED_DRILLS=full $(RUN) pytest -m drill --timeout 3600 $(PYTEST_ARGS)
 

@@ -3,9 +3,11 @@ Deribit simulator, and an OTLP receiver for the tracing tests."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+from pytest_asyncio import is_async_test
 
 from harness.otlp import OtlpReceiver
 from harness.postgres import (
@@ -15,6 +17,41 @@ from harness.postgres import (
     timescaledb_bindir,
 )
 from harness.simulator import SimulatorProcess
+
+# ------------------------------------------------------------------------------ asyncio tasks
+
+# Loop passes a task that was just cancelled or just finished gets to complete in.
+_SETTLE_PASSES = 3
+
+
+@pytest.fixture(autouse=True)
+def no_task_left_running(request: pytest.FixtureRequest) -> None:
+    """Fail an asyncio test that leaves tasks running on its loop once it and its fixtures end."""
+    if is_async_test(request.node):
+        request.getfixturevalue(_tasks_left_running.__name__)
+
+
+@pytest.fixture
+async def _tasks_left_running() -> AsyncIterator[None]:
+    # Set up before the test's other async fixtures, so torn down after them, on the test's loop
+    # just before it closes (closing would cancel what is left, silently).
+    yield
+    this = asyncio.current_task()
+    for _ in range(_SETTLE_PASSES):
+        await asyncio.sleep(0)
+    left = [task for task in asyncio.all_tasks() if task is not this and not task.done()]
+    if not left:
+        return
+    described = "\n".join(f"  {task!r}" for task in left)
+    for task in left:
+        task.cancel()
+    await asyncio.wait(left, timeout=5)
+    pytest.fail(
+        f"{len(left)} asyncio task(s) still running after the test:\n{described}", pytrace=False
+    )
+
+
+# ---------------------------------------------------------------------------------- services
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A PostgreSQL image for the node tier, which no registry provides here: Debian's server binaries
-# on this machine (each with the shared libraries it loads) and /bin/sh (dash) for the entry
+# of the pinned major (tests/harness/postgres-major) on this machine (each with the shared libraries it loads) and /bin/sh (dash) for the entry
 # script, in a one-layer OCI archive. It runs as uid 999, initdb's into its data volume on first
 # start, and trusts connections from the pod network (a throwaway database inside the test's own
 # bridge).
@@ -37,7 +37,8 @@ users() {
 }
 
 command -v file >/dev/null || { echo "needs file(1): apt-get install file" >&2; exit 1; }
-pgbin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+pgbin="/usr/lib/postgresql/$(<"$HERE/postgres-major")/bin"
+[[ -x $pgbin/postgres ]] || { echo "no $pgbin/postgres: run tests/harness/ensure-postgres.sh" >&2; exit 1; }
 pgdir="$(dirname "$pgbin")"
 version="$(basename "$pgdir")"
 for b in postgres initdb pg_ctl pg_isready; do put "$pgbin/$b" "$pgbin/$b"; done

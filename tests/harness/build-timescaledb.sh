@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build TimescaleDB from the source tarball in tests/vendor/timescaledb/ into a *copy* of this
-# machine's PostgreSQL server binaries, cached by version outside the work tree:
+# machine's PostgreSQL server binaries (of the major in tests/harness/postgres-major), cached by
+# version outside the work tree:
 #   $CACHE/timescaledb-<TS>-pg<PG>/usr/lib/postgresql/<major>/bin/
 # where CACHE is ${OPTIONFEED_CACHE:-$HOME/.cache/optionfeed}, except under root, where the test
 # servers run as the postgres user, who cannot enter root's home: there it is
@@ -38,10 +39,10 @@ else
 fi
 
 pg_bindir() {
-    local found
-    found=$(compgen -G "/usr/lib/postgresql/*/bin/postgres" | sort -V | tail -n 1 || true)
-    [[ -n $found ]] || { echo "no PostgreSQL server binaries: run tests/harness/ensure-postgres.sh" >&2; return 1; }
-    dirname "$found"
+    local dir
+    dir="/usr/lib/postgresql/$(<"$HERE/postgres-major")/bin"
+    [[ -x $dir/postgres ]] || { echo "no $dir/postgres: run tests/harness/ensure-postgres.sh" >&2; return 1; }
+    echo "$dir"
 }
 
 BIN_SRC=$(pg_bindir)
@@ -90,7 +91,7 @@ fi
 [[ -f $TARBALL ]] || { log "no source tarball at $TARBALL"; exit 1; }
 
 PG_CONFIG="$BIN_SRC/pg_config"
-[[ -x $PG_CONFIG ]] || PG_CONFIG=$(command -v pg_config)
+[[ -x $PG_CONFIG ]] || { log "no $PG_CONFIG: install postgresql-server-dev-$MAJOR"; exit 1; }
 SHARE_SRC=$("$PG_CONFIG" --sharedir)
 LIB_SRC=$("$PG_CONFIG" --pkglibdir)
 

@@ -1,4 +1,8 @@
-"""A throwaway PostgreSQL cluster from the machine's own server binaries (Debian's packages).
+"""A throwaway PostgreSQL cluster from Debian's server binaries of one pinned major version.
+
+The major version is in ``postgres-major`` beside this file (shell scripts read it too); the
+binaries (``initdb``, ``pg_ctl``, ``psql``) are always those of ``/usr/lib/postgresql/<major>/bin``,
+never another installed version nor whatever is on PATH.
 
 It listens on 127.0.0.1 only, on a free port, with its data in a temporary directory. PostgreSQL
 refuses to run as root, so under root the server runs as the ``postgres`` user. Durability is
@@ -10,7 +14,6 @@ it back.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import pwd
 import shutil
@@ -39,21 +42,21 @@ class PostgresNotInstalled(RuntimeError):
     pass
 
 
+POSTGRES_MAJOR = Path(__file__).with_name("postgres-major").read_text().strip()
+BINDIR = Path(f"/usr/lib/postgresql/{POSTGRES_MAJOR}/bin")
+
+
 def find_bindir() -> Path:
-    """The newest ``/usr/lib/postgresql/<major>/bin`` holding ``initdb``, or the one on PATH."""
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-        key=lambda p: int(Path(p).parent.parent.name),
-    )
-    if candidates:
-        return Path(candidates[-1]).parent
-    initdb = shutil.which("initdb")
-    if initdb:
-        return Path(initdb).resolve().parent
-    raise PostgresNotInstalled(
-        "PostgreSQL server binaries (initdb, pg_ctl) were not found; install Debian's "
-        "'postgresql' package (.ci/run does this)"
-    )
+    """``/usr/lib/postgresql/<major>/bin`` of the pinned major; an error saying what to install
+    when its ``initdb`` or ``pg_ctl`` is missing."""
+    missing = [name for name in ("initdb", "pg_ctl") if not (BINDIR / name).is_file()]
+    if missing:
+        raise PostgresNotInstalled(
+            f"PostgreSQL {POSTGRES_MAJOR}'s server binaries ({', '.join(missing)}) are not in "
+            f"{BINDIR}: install Debian's postgresql-{POSTGRES_MAJOR} package "
+            "(`make postgres` does, through tests/harness/ensure-postgres.sh)"
+        )
+    return BINDIR
 
 
 TIMESCALEDB_BUILD_SCRIPT = Path(__file__).with_name("build-timescaledb.sh")
