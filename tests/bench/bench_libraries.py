@@ -51,6 +51,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench_simulator import upgrade_request
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CAPTURE = ROOT / "tests" / "data" / "deribit" / "ws-options-2021-07-22.txt"
@@ -342,14 +344,7 @@ class Sink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(
-            (
-                f"GET /ws/api/v2 HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+        transport.write(upgrade_request("127.0.0.1", self.port))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():

@@ -49,6 +49,16 @@ CLIENT_SECRET = "optionfeed-sim-secret"
 # ---------------------------------------------------------------------------- client process
 
 
+def upgrade_request(host: str, port: int) -> bytes:
+    """The HTTP request that opens a WebSocket on the exchange's path."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET /ws/api/v2 HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
 class Counter(asyncio.Protocol):
     """A minimal WebSocket client: handshake, masked requests, unmasked frames counted."""
 
@@ -66,14 +76,7 @@ class Counter(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(
-            (
-                f"GET /ws/api/v2 HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+        transport.write(upgrade_request(self.host, self.port))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():

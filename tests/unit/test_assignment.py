@@ -6,21 +6,16 @@ from typing import Any
 
 import pytest
 
+from harness.collector import assignment_doc
 from optionfeed.collector.assignment import read_assignment, watch_assignment
 from optionfeed.shard_document import InvalidShardDocument
 
-DOC: dict[str, Any] = {
-    "feed": "eth-top50",
-    "namespace": "md",
-    "shard": 0,
-    "shards": 2,
-    "generation": 7,
-    "currency": "ETH",
-    "interval": "100ms",
-    "channels": ["ticker", "trades"],
-    "instruments": ["ETH-9NOV25-3375-P", "ETH-9NOV25-3400-C"],
-    "exchangeUrl": "wss://www.deribit.com/ws/api/v2",
-}
+DOC = assignment_doc(
+    ["ETH-9NOV25-3375-P", "ETH-9NOV25-3400-C"],
+    exchange_url="wss://www.deribit.com/ws/api/v2",
+    shards=2,
+    generation=7,
+)
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
