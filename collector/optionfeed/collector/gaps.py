@@ -38,7 +38,7 @@ from opentelemetry import trace
 from optionfeed.collector.connection import ExchangeConnection, Observer
 from optionfeed.collector.router import Events, RowSink
 from optionfeed.collector.sequences import BookBreak, SequenceGap, Staleness, TradeSequences
-from optionfeed.deribit.channels import InvalidChannel, Kind, parse_channel
+from optionfeed.deribit.channels import FEED_CHANNELS, InvalidChannel, Kind, parse_channel
 from optionfeed.store import tables
 from optionfeed.store.records import GapReason, gap_row
 from optionfeed.telemetry.metrics import Metrics
@@ -46,7 +46,7 @@ from optionfeed.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
-FAMILIES = {Kind.TICKER: "ticker", Kind.QUOTE: "quote", Kind.TRADES: "trades", Kind.BOOK: "book"}
+FAMILIES = {Kind(family): family for family in FEED_CHANNELS}
 DEFAULT_STALE_AFTER = {"ticker": 60.0}
 
 

@@ -42,6 +42,7 @@ from optionfeed.demo.progress import (
     summarize,
 )
 from optionfeed.demo.terminal import Display, LivePanel, PlainProgress
+from optionfeed.deribit.channels import FEED_CHANNELS
 from optionfeed.report import read_report
 from optionfeed.report.errors import ReportError
 from optionfeed.report.model import Report
@@ -67,7 +68,7 @@ class DemoFailed(RuntimeError):
 class DemoConfig:
     currency: str = "ETH"
     top: int = 50
-    channels: tuple[str, ...] = ("ticker", "quote", "trades", "book")
+    channels: tuple[str, ...] = FEED_CHANNELS
     rate: float = 1000.0
     duration: float | None = None
     data_dir: Path = Path(".optionfeed")

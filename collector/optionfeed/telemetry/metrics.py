@@ -24,11 +24,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from optionfeed.deribit.channels import FEED_CHANNELS
+
 # Exchange -> commit lag and write latency: from a few ms to the flush age and well past it.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 # The channel families a collector can subscribe per instrument.
-FAMILIES = ("ticker", "quote", "trades", "book")
+FAMILIES = FEED_CHANNELS
 GAP_REASONS = ("disconnect", "sequence", "stale", "outage")
 # The reasons of optionfeed.store.errors.BatchNotWritten and of the writer's fallback and drops.
 WRITE_ERROR_REASONS = (
