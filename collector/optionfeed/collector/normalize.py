@@ -849,11 +849,17 @@ def instrument_row(instrument: Any, seen_at: float, *, expired: bool = False) ->
 
 Builder = Callable[[Any, float], Row]
 
-FAMILIES: Final[dict[str, tuple[Table, Builder]]] = {
-    "ticker": (TICKERS, ticker_row),
-    "quote": (QUOTES, quote_row),
-    "book": (BOOK, book_row),
-}
+
+def _by_family(table: Table, build: Builder) -> tuple[str, tuple[Table, Builder]]:
+    assert table.family is not None, f"{table.name} holds no channel family"
+    return table.family, (table, build)
+
+
+# The families whose notification is one row: family (the table's) -> its table and builder.
+FAMILIES: Final[dict[str, tuple[Table, Builder]]] = dict(
+    _by_family(table, build)
+    for table, build in ((TICKERS, ticker_row), (QUOTES, quote_row), (BOOK, book_row))
+)
 
 
 def normalize(channel: str, data: Any, recv_ts: float) -> tuple[Table, list[Row]]:

@@ -27,16 +27,10 @@ from typing import Any, Protocol
 
 import orjson
 
-from optionfeed.collector.normalize import (
-    BadElement,
-    NormalizeError,
-    book_row,
-    quote_row,
-    split_trades,
-    ticker_row,
-)
+from optionfeed.collector.normalize import FAMILIES as ONE_ROW_FAMILIES
+from optionfeed.collector.normalize import BadElement, NormalizeError, book_row, split_trades
 from optionfeed.collector.sequences import BookBreak, BookChains, SequenceGap, TradeSequences
-from optionfeed.deribit.channels import Channel, InvalidChannel, Kind, parse_channel
+from optionfeed.deribit.channels import FEED_CHANNELS, Channel, InvalidChannel, Kind, parse_channel
 from optionfeed.store import tables
 from optionfeed.store.records import rejected_row
 from optionfeed.store.tables import Row, Table
@@ -85,12 +79,30 @@ class Events:
 
 
 class Counts:
-    """Plain counters for the STATS line and progress displays (metrics carry the same)."""
+    """Plain counters for the STATS line and progress displays (metrics carry the same): rows
+    per channel family, and rejected frames."""
 
-    __slots__ = ("books", "quotes", "rejected", "tickers", "trades")
+    __slots__ = ("by_family", "rejected")
 
     def __init__(self) -> None:
-        self.tickers = self.quotes = self.trades = self.books = self.rejected = 0
+        self.by_family = dict.fromkeys(FEED_CHANNELS, 0)
+        self.rejected = 0
+
+    @property
+    def tickers(self) -> int:
+        return self.by_family["ticker"]
+
+    @property
+    def quotes(self) -> int:
+        return self.by_family["quote"]
+
+    @property
+    def trades(self) -> int:
+        return self.by_family["trades"]
+
+    @property
+    def books(self) -> int:
+        return self.by_family["book"]
 
 
 class Router:
@@ -117,14 +129,7 @@ class Router:
         self._routes: dict[str, Handler] = {}
         self._count = {
             family: metrics.messages_total.labels(family)
-            for family in (
-                "ticker",
-                "quote",
-                "trades",
-                "book",
-                "instrument_state",
-                "platform_state",
-            )
+            for family in (*FEED_CHANNELS, "instrument_state", "platform_state")
         }
         metrics.last_message_timestamp_seconds.set_function(lambda: self.last_message_at)
 
@@ -189,14 +194,12 @@ class Router:
         except InvalidChannel as exc:
             return self._unknown(str(exc))
         kind = parsed.kind
-        if kind is Kind.TICKER:
-            return self._ticker(parsed)
-        if kind is Kind.QUOTE:
-            return self._quote(parsed)
         if kind in (Kind.TRADES, Kind.CURRENCY_TRADES):
             return self._trades(channel)
         if kind is Kind.BOOK:
             return self._book(channel, parsed)
+        if kind in ONE_ROW_FAMILIES:
+            return self._one_row(parsed)
         if kind is Kind.INSTRUMENT_STATE:
             return self._instrument_state()
         if kind is Kind.PLATFORM_STATE:
@@ -209,41 +212,36 @@ class Router:
 
         return handle
 
-    def _ticker(self, channel: Channel) -> Handler:
-        put, table, count = self._rows.put, tables.TICKERS, self._count["ticker"]
-        counts, seen, instrument = self.counts, self._events.seen, channel.instrument or ""
+    def _one_row(self, channel: Channel) -> Handler:
+        """A family whose notification is one row of its table, with nothing else to check
+        (ticker, quote): the table and builder come from the normaliser's registry."""
+        family = channel.kind.value
+        table, build = ONE_ROW_FAMILIES[family]
+        put, count = self._rows.put, self._count[family]
+        counts, seen, instrument = (
+            self.counts.by_family,
+            self._events.seen,
+            channel.instrument or "",
+        )
 
         async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
-            row = ticker_row(data, recv_ts)
+            row = build(data, recv_ts)
             count.inc()
-            counts.tickers += 1
-            seen(instrument, "ticker", recv_ts)
-            await put(table, row)
-
-        return handle
-
-    def _quote(self, channel: Channel) -> Handler:
-        put, table, count = self._rows.put, tables.QUOTES, self._count["quote"]
-        counts, seen, instrument = self.counts, self._events.seen, channel.instrument or ""
-
-        async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
-            row = quote_row(data, recv_ts)
-            count.inc()
-            counts.quotes += 1
-            seen(instrument, "quote", recv_ts)
+            counts[family] += 1
+            seen(instrument, family, recv_ts)
             await put(table, row)
 
         return handle
 
     def _trades(self, channel_name: str) -> Handler:
         put_many, table, count = self._rows.put_many, tables.TRADES, self._count["trades"]
-        counts, observe, events = self.counts, self.trades.observe, self._events
+        counts, observe, events = self.counts.by_family, self.trades.observe, self._events
         reject_elements = self.reject_elements
 
         async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
             rows, bad = split_trades(data, recv_ts)
             count.inc()
-            counts.trades += len(rows)
+            counts["trades"] += len(rows)
             # From the rows, not the payload: only trades that were checked (and will be stored)
             # move the sequence on, so a rejected one shows as a gap and is fetched again.
             for row in rows:
@@ -261,14 +259,14 @@ class Router:
 
     def _book(self, channel_name: str, channel: Channel) -> Handler:
         put, table, count = self._rows.put, tables.BOOK, self._count["book"]
-        counts, books, events = self.counts, self.books, self._events
+        counts, books, events = self.counts.by_family, self.books, self._events
         observe, resyncing = books.observe, books.resyncing
         instrument = channel.instrument or ""
 
         async def handle(data: Any, raw: bytes, recv_ts: float) -> None:
             row = book_row(data, recv_ts)
             count.inc()
-            counts.books += 1
+            counts["book"] += 1
             was_resyncing = instrument in resyncing
             brk = observe(
                 instrument, data.get("type"), data["change_id"], data.get("prev_change_id")
