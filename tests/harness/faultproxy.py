@@ -8,6 +8,8 @@ between a collector and the simulator on 127.0.0.1::
         proxy.abort_all()        # every connection reset (RST, no close frame): 1006
         proxy.blackhole(True)    # bytes stop flowing both ways, sockets stay open (a dead link)
         proxy.refuse(True)       # new connections are reset at once (the exchange unreachable)
+        proxy.hold(True)         # what the exchange sends waits in the proxy (the client's bytes
+                                 # still go through); hold(False) lets it through, in order
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class FaultProxy:
         self.aborted = 0
         self._pairs: set[_Pair] = set()
         self._flowing = asyncio.Event()
+        self._downstream = asyncio.Event()  # cleared: the exchange's bytes are held
         self._refusing = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -84,6 +87,17 @@ class FaultProxy:
 
         self._call(switch())
 
+    def hold(self, on: bool) -> None:
+        """Hold (or release) what the exchange sends; the client's bytes keep flowing."""
+
+        async def switch() -> None:
+            if on:
+                self._downstream.clear()
+            else:
+                self._downstream.set()
+
+        self._call(switch())
+
     def refuse(self, on: bool) -> None:
         self._refusing = on
 
@@ -99,6 +113,7 @@ class FaultProxy:
 
     async def _start(self) -> None:
         self._flowing.set()
+        self._downstream.set()
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -114,19 +129,25 @@ class FaultProxy:
         pair = _Pair(writer, up_writer)
         self._pairs.add(pair)
         try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await asyncio.gather(
+                self._pipe(reader, up_writer, self._flowing),
+                self._pipe(up_reader, writer, self._flowing, self._downstream),
+            )
         finally:
             self._pairs.discard(pair)
             for w in (writer, up_writer):
                 w.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *gates: asyncio.Event
+    ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while True:
                 data = await reader.read(CHUNK)
                 if not data:
                     break
-                await self._flowing.wait()
+                for gate in gates:
+                    await gate.wait()
                 writer.write(data)
                 await writer.drain()
         with contextlib.suppress(ConnectionError, OSError, RuntimeError):

@@ -77,6 +77,11 @@ class ScriptedExchange:
 
     # ----------------------------------------------------------------- what a test does
 
+    @property
+    def connections(self) -> int:
+        """WebSockets open; one leaves when its client's close frame has been answered."""
+        return len(self._sockets)
+
     async def wait_subscribed(self, *channels: str, within: float = 30.0) -> None:
         async with asyncio.timeout(within), self._changed:
             await self._changed.wait_for(lambda: self.subscribed.issuperset(channels))

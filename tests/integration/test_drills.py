@@ -334,6 +334,44 @@ async def test_drill_sigterm_under_load_loses_nothing_that_was_sent(
     assert total > 2000
 
 
+async def test_drill_sigterm_while_the_exchange_stalls_loses_nothing_that_was_sent(
+    database_url: str, figure: Any
+) -> None:
+    """The exchange freezes as the collector stops: the unsubscribe goes unanswered, so the
+    collector closes while the exchange, once it runs again, is still sending."""
+    with SimulatorProcess("--rate", "20000") as sim, CollectorProcess(
+        "--currency", "ETH", "--top", "150", "--channels", "ticker,trades,book,quote",
+        "--exchange-url", sim.ws_url, "--database-url", database_url, "--metrics-port", "0",
+    ) as collector:  # fmt: skip
+        await wait_for(lambda: _flowing(database_url), within=60, what="rows to flow")
+        assert sim.process is not None
+        sim.process.send_signal(signal.SIGSTOP)
+        try:
+            collector.signal(signal.SIGTERM)
+            await wait_for(
+                lambda: _gave_up_unsubscribing(collector),
+                within=30,
+                what="the collector to close without an answer to its unsubscribe",
+            )
+        finally:
+            sim.process.send_signal(signal.SIGCONT)
+        assert collector.wait(60) == 0, collector.output
+        ledger = sim.ledger()
+    total = lost = 0
+    for family, table in TABLE_OF.items():
+        sent = sent_per_instrument(ledger, family)
+        stored = await stored_per_instrument(database_url, table)
+        total += sum(sent.values())
+        lost += sum(max(0, n - stored.get(i, 0)) for i, n in sent.items())
+    figure(f"SIGTERM while the exchange stalls: {total} rows sent, {lost} lost")
+    assert lost == 0
+    assert total > 2000
+
+
+async def _gave_up_unsubscribing(collector: CollectorProcess) -> bool:
+    return "no clean unsubscribe before closing" in collector.output
+
+
 async def test_drill_kill_9_of_one_of_two_redundant_collectors_loses_nothing(
     database_url: str, tmp_path: Path, figure: Any
 ) -> None:

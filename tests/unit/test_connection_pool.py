@@ -8,6 +8,7 @@ socket.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from harness.faultproxy import FaultProxy
 from harness.ports import free_port
 from harness.scripted_exchange import ScriptedExchange
 from optionfeed.collector.connection import ConnectionSettings
@@ -174,3 +176,30 @@ async def test_the_exchange_is_asked_for_the_channels_and_acknowledges_them() ->
             await until(lambda: not exchange.subscribed & channels_of(CALL))
             await until(lambda: pool.acknowledged == channels_of(PUT))
         assert all(not c.connected for c in pool.connections)
+
+
+async def test_a_close_delivers_what_the_exchange_sent_before_it_saw_the_close_frame() -> None:
+    """The exchange does not answer the unsubscribe in time: the collector sends its close frame
+    while a notification is on its way to it. That notification is delivered, not discarded."""
+    sink = Received()
+    channel = f"ticker.{CALL}.100ms"
+    async with ScriptedExchange() as exchange:
+        with FaultProxy(exchange.port) as proxy:
+            pool = ConnectionPool(
+                dataclasses.replace(settings(proxy.url), drain_timeout=1.0),
+                sink,
+                metrics=Metrics(),
+            )
+            async with pool:
+                pool.set_channels({channel})
+                await exchange.wait_subscribed(channel)
+                await until(lambda: pool.subscribed)
+                proxy.hold(True)  # from here on the exchange's frames are on their way
+                await exchange.notify(channel, {"instrument_name": CALL, "n": 1})
+                closing = asyncio.create_task(pool.close())
+                # The unsubscribe's answer is held too, so the collector gives up on it and sends
+                # its close frame, which the exchange answers: the notification left before that.
+                await until(lambda: exchange.connections == 0)
+                proxy.hold(False)
+                await closing
+    assert sink.notifications == [(channel, {"instrument_name": CALL, "n": 1})]

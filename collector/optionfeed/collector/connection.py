@@ -12,8 +12,11 @@ the timers and the reconnect loop, and drives it.
 The reader task owns the session: it is never cancelled, because a cancelled reader could drop a
 frame it already holds. Other tasks end a session by closing the socket (a stale stream, a session
 the exchange ended with 10028), and the reader returns when the socket reports the close. A clean
-shutdown sends ``public/unsubscribe_all`` and keeps reading until its answer arrives: every
-notification the exchange sent before that answer is delivered before the socket closes.
+shutdown sends ``public/unsubscribe_all`` and keeps reading until its answer arrives, so the flow
+stops; then it sends its close frame and the reader goes on delivering every frame that arrives
+until the exchange's close frame answers it. Frames the exchange sent before it saw our close
+frame (all of them when the unsubscribe went unanswered) are delivered, not discarded: only an
+exchange silent for ``drain_timeout`` after our close frame has the socket closed under it.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import aiohttp
-from aiohttp import WSMsgType
+from aiohttp import WSCloseCode, WSMsgType
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -60,6 +64,7 @@ tracer = trace.get_tracer(__name__)
 BytesWebSocket = aiohttp.ClientWebSocketResponse[Literal[False]]
 
 MIN_HEARTBEAT_INTERVAL = 10.0  # Deribit refuses shorter intervals (a simulator may allow them)
+CLOSE_FRAME = struct.pack("!H", WSCloseCode.OK)  # the payload of a normal closure's close frame
 
 
 class ConnectionLost(DeribitError):
@@ -164,6 +169,7 @@ class ExchangeConnection:
         self._ready = False  # hello/heartbeat done on the current session
         self._connecting = False  # inside the WebSocket handshake: nothing held, safe to cancel
         self._closing = False
+        self._close_sent = False  # our close frame is out: nothing but control frames may follow
         self._end_reason: ConnectionLost | None = None
         self._wake = asyncio.Event()
         self._closed_event = asyncio.Event()
@@ -257,9 +263,9 @@ class ExchangeConnection:
                 )
             except (DeribitError, TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.info("connection %d: no clean unsubscribe before closing (%s)", self.index, exc)
-        if ws is not None:
-            await ws.close()
         run = self._run_task
+        if ws is not None:
+            await self._close_delivering(ws, run)
         if run is not None:
             if self._connecting:
                 run.cancel()  # mid-handshake: no session, no frame held
@@ -267,6 +273,37 @@ class ExchangeConnection:
             failure = None if run.cancelled() else run.exception()
             if failure is not None:
                 raise failure
+
+    async def _close_delivering(self, ws: BytesWebSocket, run: asyncio.Task[None] | None) -> None:
+        """Send our close frame and let the reader deliver what arrives until the exchange's.
+
+        ``ws.close()`` would read, and discard, every data frame still on its way. Here the reader
+        reads them: the session ends when the exchange answers the close frame (aiohttp then
+        closes the socket), or, once nothing at all arrived for ``drain_timeout``, by closing
+        the socket under a peer that is gone.
+        """
+        if ws.closed or run is None or run.done():
+            await ws.close()
+            return
+        try:
+            self._close_sent = True
+            await ws.send_frame(CLOSE_FRAME, WSMsgType.CLOSE)
+        except (aiohttp.ClientError, ConnectionError, RuntimeError):
+            await ws.close()
+            return
+        while True:
+            frames = self.frames
+            done, _ = await asyncio.wait({run}, timeout=self.settings.drain_timeout)
+            if done or ws.closed:
+                return
+            if self.frames == frames:
+                break  # frames still flowing mean a slow reader, not a missing answer
+        log.info(
+            "connection %d: no close frame from the exchange within %g s; closing the socket",
+            self.index,
+            self.settings.drain_timeout,
+        )
+        await ws.close()
 
     # ----------------------------------------------------------------- one session
 
@@ -453,8 +490,9 @@ class ExchangeConnection:
             elif isinstance(event, Rejected):
                 await self._sink.rejected(raw, event.reason, event.detail, recv_ts, event.channel)
             elif isinstance(event, Reply):
-                with contextlib.suppress(aiohttp.ClientError, ConnectionError, RuntimeError):
-                    await ws.send_frame(event.frame, WSMsgType.TEXT)
+                if not self._close_sent:  # after our close frame, no data frame may follow
+                    with contextlib.suppress(aiohttp.ClientError, ConnectionError, RuntimeError):
+                        await ws.send_frame(event.frame, WSMsgType.TEXT)
             elif event is not None:
                 waiter = self._waiters.pop(event.id, None)
                 if waiter is not None and not waiter.done():
