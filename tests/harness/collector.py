@@ -66,8 +66,14 @@ _RUNNING: set[asyncio.Task[None]] = set()
 
 
 @contextlib.asynccontextmanager
-async def running_collector(config: CollectorConfig) -> AsyncIterator[Collector]:
-    """A collector running in this event loop; stopped cleanly (and awaited) on exit."""
+async def running_collector(
+    config: CollectorConfig, *, stop_within: float = 120
+) -> AsyncIterator[Collector]:
+    """A collector running in this event loop; stopped cleanly (and awaited) on exit.
+
+    It must have stopped ``stop_within`` seconds after the exit, or the test fails with the stack
+    of every task still running.
+    """
     collector = Collector(config)
     task = asyncio.create_task(collector.run(), name="test-collector")
     _RUNNING.add(task)
@@ -87,16 +93,27 @@ async def running_collector(config: CollectorConfig) -> AsyncIterator[Collector]
     finally:
         _RUNNING.discard(task)
         collector.stop()
-        done, _ = await asyncio.wait({task}, timeout=120)
+        done, _ = await asyncio.wait({task}, timeout=stop_within)
         if not done:
-            stacks = []
-            for other in asyncio.all_tasks():
-                frames = other.get_stack(limit=8)
-                where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
-                stacks.append(f"{other.get_name()}: {where}")
+            stacks = [f"{other.get_name()}: {awaiting(other)}" for other in asyncio.all_tasks()]
             task.cancel()
-            raise AssertionError("the collector did not stop within 120 s:\n" + "\n".join(stacks))
+            raise AssertionError(
+                f"the collector did not stop within {stop_within:g} s:\n" + "\n".join(stacks)
+            )
         task.result()
+
+
+def awaiting(task: asyncio.Task[Any]) -> str:
+    """Where ``task`` waits, innermost first: each coroutine it awaits through, with its line."""
+    where: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+        if frame is None:  # a future: the end of this task's chain
+            break
+        where.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return " <- ".join(reversed(where))
 
 
 def local_config(**changes: Any) -> CollectorConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from harness.collector import (
 from harness.ports import free_port
 from harness.simulator import SimulatorProcess
 from optionfeed.collector.config import LocalPlan
+from optionfeed.collector.gaps import channel_key
 
 SAMPLES = Path(__file__).parents[1] / "data" / "deribit"
 
@@ -347,3 +349,32 @@ async def test_a_ctrl_c_delivered_twice_at_once_still_stops_cleanly(
         assert collector.wait(60) == 0, collector.output
     assert "stopped cleanly" in collector.output
     assert "without waiting for the drain" not in collector.output
+
+
+async def test_a_stop_in_the_moment_a_gap_is_queued_ends_within_seconds_and_writes_the_gap(
+    database_url: str, simulator: SimulatorProcess
+) -> None:
+    config = local_config(
+        assignment_path=None,
+        local=LocalPlan("ETH", 10, ("ticker", "trades"), "100ms"),
+        exchange_url=simulator.ws_url,
+        database_url=database_url,
+    )
+    async with running_collector(config, stop_within=30) as collector:
+        pool, pipeline = collector.pool, collector.pipeline
+        assert pool is not None
+        assert pipeline is not None
+
+        async def subscribed() -> bool:
+            return pool.subscribed
+
+        await wait_for(subscribed, within=30, what="subscription")
+        await asyncio.sleep(0.5)  # the gap writer waits for rows again
+        connection = pool.connections[0]
+        channels = frozenset(c for c in connection.acked if channel_key(c) is not None)
+        # In one step, as when a session ends just as the stop comes: the gap writer is woken and
+        # cancelled on the same turn of the loop.
+        pipeline.gaps.disconnected(connection, channels, "stale", time.time())
+        collector.stop()
+    rows = await fetch(database_url, "SELECT count(*) AS n FROM data_gaps WHERE reason = 'stale'")
+    assert rows[0]["n"] == len(channels) == 20

@@ -3,8 +3,11 @@ broken book chains (the real 2021 capture), stale tickers (the capture's own tim
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, cast
+
+import pytest
 
 from harness.capture import TRADE, notifications
 from harness.sinks import MemorySink
@@ -315,3 +318,23 @@ def test_only_market_data_channels_of_one_instrument_have_gaps() -> None:
     assert channel_key(channels.instrument_state("BTC")) is None
     assert channel_key("trades.option.BTC.100ms") is None
     assert channel_key("not a channel") is None
+
+
+@pytest.mark.parametrize("turns", range(4))
+async def test_the_gap_writer_stops_when_cancelled_in_the_turns_after_a_gap_is_queued(
+    turns: int,
+) -> None:
+    rig = Rig()
+    writer = asyncio.create_task(rig.gaps.run(rig.sink))
+    try:
+        await asyncio.sleep(0.01)  # waiting for gap rows
+        rig.gaps.disconnected(CONN, SUBSCRIBED, "stale", 100.0)
+        for _ in range(turns):
+            await asyncio.sleep(0)  # one turn of the loop each
+        writer.cancel()
+        done, _ = await asyncio.wait({writer}, timeout=2)
+        assert done, "the cancelled gap writer kept running"
+        assert writer.cancelled()
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)

@@ -53,6 +53,7 @@ from optionfeed.collector.protocol import (
     Retry,
     Violation,
 )
+from optionfeed.collector.waiting import wait_set
 from optionfeed.deribit.errors import DeribitError, ErrorCode, RpcError
 from optionfeed.deribit.jsonrpc import Subscription
 from optionfeed.telemetry.metrics import Metrics
@@ -240,8 +241,7 @@ class ExchangeConnection:
                     len(self.held),
                     delay,
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closed_event.wait(), delay)
+                await wait_set(self._closed_event, delay)
         finally:
             self._closed_event.set()
 
@@ -258,9 +258,8 @@ class ExchangeConnection:
         ws = self._ws
         if ws is not None and not ws.closed and self._ready:
             try:
-                await asyncio.wait_for(
-                    self.request("public/unsubscribe_all", {}), self.settings.drain_timeout
-                )
+                async with asyncio.timeout(self.settings.drain_timeout):
+                    await self.request("public/unsubscribe_all", {})
             except (DeribitError, TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.info("connection %d: no clean unsubscribe before closing (%s)", self.index, exc)
         run = self._run_task
@@ -354,16 +353,14 @@ class ExchangeConnection:
         try:
             # The whole handshake is bounded, not only the TCP connect: a link that accepts the
             # connection and then carries nothing must not hold a session open forever.
-            ws = await asyncio.wait_for(
-                self._session.ws_connect(
+            async with asyncio.timeout(self.settings.connect_timeout):
+                ws = await self._session.ws_connect(
                     self.settings.url,
                     autoping=True,
                     max_msg_size=16 * 1024 * 1024,
                     decode_text=False,
                     timeout=aiohttp.ClientWSTimeout(ws_close=self.settings.drain_timeout),
-                ),
-                self.settings.connect_timeout,
-            )
+                )
         except TimeoutError:
             return ConnectionLost(
                 "unreachable", f"no WebSocket handshake within {self.settings.connect_timeout:g} s"
@@ -520,7 +517,8 @@ class ExchangeConnection:
                 await ws.send_frame(frame, WSMsgType.TEXT)
             except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
                 raise ConnectionLost("send_failed", str(exc)) from exc
-            return await asyncio.wait_for(future, self.settings.request_timeout)
+            async with asyncio.timeout(self.settings.request_timeout):
+                return await future
         except TimeoutError:
             raise ConnectionLost(
                 "request_timeout", f"{method} unanswered after {self.settings.request_timeout:g} s"
@@ -548,8 +546,7 @@ class ExchangeConnection:
                 retry_at = self._protocol.next_retry_at()
                 if retry_at is not None:
                     timeout = max(0.0, retry_at - time.monotonic())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                await wait_set(self._wake, timeout)
         except ConnectionLost as exc:
             self._end(exc)
             await ws.close()

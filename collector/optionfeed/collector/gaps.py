@@ -38,6 +38,7 @@ from opentelemetry import trace
 from optionfeed.collector.connection import ExchangeConnection, Observer
 from optionfeed.collector.router import Events, RowSink
 from optionfeed.collector.sequences import BookBreak, SequenceGap, Staleness, TradeSequences
+from optionfeed.collector.waiting import wait_set
 from optionfeed.deribit.channels import FEED_CHANNELS, InvalidChannel, Kind, parse_channel
 from optionfeed.store import tables
 from optionfeed.store.records import GapReason, gap_row
@@ -185,9 +186,7 @@ class GapRecorder(Events, Observer):
                 await rows.put(tables.GAPS, self._rows.popleft())
             timeout = max(0.0, next_sweep - loop.time())
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
+            if not await wait_set(self._wake, timeout):
                 self.sweep(self._clock())
                 next_sweep = loop.time() + sweep_every
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from optionfeed.backoff import Backoff
+from optionfeed.collector.waiting import wait_set
 from optionfeed.deribit.errors import ExchangeUnreachable, ProtocolError, RpcError
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,5 @@ async def until_reachable(
                 delay,
                 backoff.attempt,
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            await wait_set(stop, delay)
     return None

@@ -10,7 +10,6 @@ is unsubscribed and stored as such.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -22,6 +21,7 @@ from optionfeed.collector.plan import rank
 from optionfeed.collector.reachability import until_reachable
 from optionfeed.collector.router import Router
 from optionfeed.collector.subscriptions import Subscriptions
+from optionfeed.collector.waiting import wait_set
 from optionfeed.deribit.instruments import InstrumentState
 from optionfeed.deribit.messages import Instrument
 from optionfeed.deribit.rest import RestClient
@@ -104,8 +104,7 @@ class ReferenceData:
                 await self._rerank(self._local)
             first = False
             self._refresh_soon.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._refresh_soon.wait(), self._refresh_interval)
+            await wait_set(self._refresh_soon, self._refresh_interval)
 
     async def store(self, instruments: list[Instrument], *, expired: bool = False) -> None:
         """Store each instrument that normalises; each one that does not is a rejection."""
