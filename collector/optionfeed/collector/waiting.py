@@ -5,7 +5,8 @@ task is cancelled in the moment that inner task completes, it returns the result
 cancellation. A loop that waits for an event with a timeout then runs on after it was cancelled,
 and whatever awaits it (a task group on stop, a session's cleanup) waits forever.
 ``asyncio.timeout`` waits in the caller's own task and lets every cancellation through: the
-collector waits with it, through :func:`wait_set` for events.
+collector waits with it, through :func:`wait_set` for events, and ruff bans ``asyncio.wait_for``
+outside the tests.
 """
 
 from __future__ import annotations

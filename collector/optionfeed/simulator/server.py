@@ -331,7 +331,8 @@ class Simulator:
         self, session: Session, ws: web.WebSocketResponse, code: int, reason: str
     ) -> None:
         try:
-            await asyncio.wait_for(ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await ws.close(code=code, message=reason.encode())
         except (TimeoutError, ConnectionError):
             session.graceful = False
             session.abort()

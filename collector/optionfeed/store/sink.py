@@ -234,7 +234,8 @@ class PostgresSink:
         if pool is None:
             return
         try:
-            await asyncio.wait_for(pool.close(), self._close_timeout)
+            async with asyncio.timeout(self._close_timeout):
+                await pool.close()
         except asyncio.CancelledError:
             pool.terminate()
             raise
