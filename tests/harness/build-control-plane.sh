@@ -61,37 +61,9 @@ if is_complete; then
     exit 0
 fi
 
-START=$SECONDS
-log() { printf '[build-control-plane +%4ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
-trap 'rc=$?; log "FAILED (exit $rc) at line $LINENO: $BASH_COMMAND"; exit $rc' ERR
-
-# A long `go build` prints nothing for many minutes; a heartbeat shows it is alive.
-with_heartbeat() {
-    local label="$1"
-    shift
-    # The sleep runs in the background so that the TERM trap ends it at once: a leftover sleep
-    # would hold the caller's stderr pipe open for up to a minute after the build.
-    (
-        trap 'kill "$nap" 2>/dev/null; exit 0' TERM
-        while :; do
-            sleep 60 &
-            nap=$!
-            wait "$nap"
-            log "  still building $label"
-        done
-    ) &
-    local beat=$!
-    local rc=0
-    "$@" || rc=$?
-    kill "$beat" 2>/dev/null || true
-    wait "$beat" 2>/dev/null || true
-    return "$rc"
-}
-
-export CGO_ENABLED=0
-# Never fetch another Go toolchain: etcd's go.mod names a newer patch release as its toolchain.
-export GOTOOLCHAIN=local
-export GOFLAGS="${GOFLAGS:--buildvcs=false}"
+. "$(dirname "$0")/build-steps.sh"
+begin_build build-control-plane
+go_settings
 
 WORK="$VERSION_DIR/work"
 mkdir -p "$BIN_DIR" "$WORK"

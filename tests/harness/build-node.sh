@@ -44,9 +44,8 @@ if is_complete; then
     exit 0
 fi
 
-START=$SECONDS
-log() { printf '[build-node +%4ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
-trap 'rc=$?; log "FAILED (exit $rc) at line $LINENO: $BASH_COMMAND"; exit $rc' ERR
+. "$(dirname "$0")/build-steps.sh"
+begin_build build-node
 
 # The kubelet builds from the control plane's wrapper module.
 K8S_VERSION="$K8S_VERSION" "$HERE/build-control-plane.sh" >/dev/null
@@ -72,7 +71,7 @@ GO
         flags+=" -X $pkg.gitTreeState=clean"
     done
     log "kubelet $K8S_VERSION: compiling (with $(go version | cut -d' ' -f3))"
-    (cd "$dir" && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:--buildvcs=false}" \
+    (cd "$dir" && go_settings && with_heartbeat kubelet \
         go build -mod=mod -trimpath -ldflags "$flags" -o "$BIN_DIR/kubelet.tmp" \
         k8s.io/kubernetes/cmd/kubelet)
     mv "$BIN_DIR/kubelet.tmp" "$BIN_DIR/kubelet"

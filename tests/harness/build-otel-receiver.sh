@@ -57,34 +57,9 @@ if is_complete; then
     exit 0
 fi
 
-START=$SECONDS
-log() { printf '[build-otel-receiver +%4ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
-trap 'rc=$?; log "FAILED (exit $rc) at line $LINENO: $BASH_COMMAND"; exit $rc' ERR
-
-# A long `go build` prints nothing for minutes; a heartbeat shows it is alive.
-with_heartbeat() {
-    local label="$1"
-    shift
-    (
-        trap 'kill "$nap" 2>/dev/null; exit 0' TERM
-        while :; do
-            sleep 60 &
-            nap=$!
-            wait "$nap"
-            log "  still building $label"
-        done
-    ) &
-    local beat=$!
-    local rc=0
-    "$@" || rc=$?
-    kill "$beat" 2>/dev/null || true
-    wait "$beat" 2>/dev/null || true
-    return "$rc"
-}
-
-export CGO_ENABLED=0
-export GOTOOLCHAIN=local
-export GOFLAGS="${GOFLAGS:--buildvcs=false}"
+. "$(dirname "$0")/build-steps.sh"
+begin_build build-otel-receiver
+go_settings
 
 WORK="$VERSION_DIR/work"
 mkdir -p "$(dirname "$BIN")" "$WORK"

@@ -61,9 +61,8 @@ if [[ "${1:-}" == "--print-bin-dir" ]]; then
     exit
 fi
 
-START=$SECONDS
-log() { printf '[build-timescaledb +%4ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
-trap 'rc=$?; log "FAILED (exit $rc) at line $LINENO: $BASH_COMMAND"; exit $rc' ERR
+. "$(dirname "$0")/build-steps.sh"
+begin_build build-timescaledb
 
 needed=()
 [[ -f /usr/include/postgresql/$MAJOR/server/postgres.h ]] || needed+=("postgresql-server-dev-$MAJOR")
