@@ -6,7 +6,9 @@ tests/harness/prometheus.py) scrapes it every second with the labels the chart's
 (job, feed, shard) and loads the shipped rules file with every ``for`` shortened to 2 s. Then the
 simulator is stopped, and the no-data alert must fire; it is started again on the same port, and
 the collector must reconnect, which gives the gap, reconnect and backfill panels their data.
-Then the simulator drops the connection every second, and the reconnect-storm alert must fire.
+Then the simulator drops the connection every second, refuses a subscribe and sends broken
+frames: the reconnect-storm alert must fire, and the counters of reconnects, subscribe failures
+and rejected messages, empty in a healthy run, get their series.
 Last, the collector stops, and the shard no-data alert must fire.
 """
 
@@ -64,6 +66,13 @@ COLLECTOR_PROBES = {
     ),
 }
 OPERATOR_ALERTS = {"OptionfeedFeedDegraded", "OptionfeedOperatorNotReconciling"}
+# Counters whose labels appear with their first event: a healthy run has none; the reconnect
+# storm below gives each its first.
+ON_FIRST_EVENT = {
+    "optionfeed_reconnects_total",
+    "optionfeed_subscribe_failures_total",
+    "optionfeed_rejected_messages_total",
+}
 
 # What Grafana puts in place of the dashboard's variables (every feed and shard; the rate
 # interval of a few hours' range at a 1 s scrape interval).
@@ -131,16 +140,10 @@ async def _check_healthy_run(prom: PrometheusServer, figure: Any) -> None:
     process = ["process_resident_memory_bytes", "process_cpu_seconds_total"]
     metrics = [*documented_metrics("optionfeed_"), *process]
     collector_metrics = [m for m in metrics if not m.startswith("optionfeed_operator_")]
-    # Counters whose labels appear with their first event: the simulator's healthy run has none.
-    on_first_event = {
-        "optionfeed_reconnects_total",
-        "optionfeed_subscribe_failures_total",
-        "optionfeed_rejected_messages_total",
-    }
     missing = []
     for name in collector_metrics:
         count = _series(prom, series_selector(name))
-        if count == 0 and name not in on_first_event:
+        if count == 0 and name not in ON_FIRST_EVENT:
             missing.append(name)
         figure(f"metric {name}: {count} series")
     assert not missing, f"documented metrics Prometheus did not scrape: {missing}"
@@ -189,16 +192,27 @@ async def _fire_no_data_and_recover(
     figure(f"alert OptionfeedReconnectStorm without threshold: {_series(prom, probe)} series")
     assert _series(prom, probe) > 0
 
-    # The exchange drops the connection every second: a reconnect storm.
-    simulators[-1].set_faults(drop_every=1.0)
+    # The exchange drops the connection every second: a reconnect storm. Meanwhile it refuses one
+    # subscribe as transient and puts a broken frame before a share of notifications, so that
+    # the counters whose series come with their first event have them.
+    simulators[-1].set_faults(
+        drop_every=1.0,
+        errors=[{"code": 10040, "methods": ["public/subscribe"], "count": 1}],
+        malformed_rate=0.05,
+        malformed_mode="insert",
+    )
 
     async def storm() -> bool:
-        return bool(_firing(prom, "OptionfeedReconnectStorm"))
+        return bool(_firing(prom, "OptionfeedReconnectStorm")) and all(
+            _series(prom, series_selector(name)) for name in ON_FIRST_EVENT
+        )
 
     await wait_for(storm, within=40, what="OptionfeedReconnectStorm to fire")
-    simulators[-1].set_faults(drop_every=None)
+    simulators[-1].set_faults(drop_every=None, malformed_rate=0.0)
     for alert in _firing(prom, "OptionfeedReconnectStorm"):
         figure(f"fired OptionfeedReconnectStorm {alert['labels']} value {alert['value']}")
+    for name in sorted(ON_FIRST_EVENT):
+        figure(f"metric {name} after the storm: {_series(prom, series_selector(name))} series")
 
 
 async def _wait_firing(prom: PrometheusServer, name: str, figure: Any) -> None:

@@ -55,9 +55,7 @@ INTERVAL = "100ms"
 CHANNELS = ("ticker", "trades")
 # How long the collectors record before the database is compared with the assignment.
 RECORD_SECONDS = 15.0
-# After a collector reloaded: time for an unsubscribe to be answered and the rows in flight to be
-# written, then the window in which a removed instrument must get nothing.
-SETTLE_SECONDS = 2.0
+# The window in which an instrument removed from a running collector must get nothing.
 QUIET_SECONDS = 4.0
 
 
@@ -499,7 +497,6 @@ def assert_removed_are_silent(
     removed = set().union(*step.removed)
     kept = {name for names in step.after for name in names}
     assert removed, "the step removed nothing"
-    time.sleep(SETTLE_SECONDS)
 
     def snapshot() -> tuple[dict[str, int], dict[str, int]]:
         tickers = rows(url, "option_tickers")
@@ -510,6 +507,19 @@ def assert_removed_are_silent(
         }
         return {n: tickers.get(n, 0) for n in removed | kept}, notifications
 
+    def written() -> bool:
+        stored, sent = snapshot()
+        return all(stored[n] == sent[n] for n in removed)
+
+    # The exchange took the unsubscribes, and every ticker it sent a removed instrument before
+    # that is a row: the quiet window starts with nothing in flight.
+    wait_subscribed(market, pods, step.after)
+    try:
+        wait_for(written, "a row for every ticker sent to the removed instruments", timeout=15)
+    except AssertionError as exc:
+        stored, sent = snapshot()
+        differ = {n: (stored[n], sent[n]) for n in removed if stored[n] != sent[n]}
+        raise AssertionError(f"{exc}; (rows, sent): {differ}\n{logs(pods)}") from None
     rows_before, sent_before = snapshot()
     time.sleep(QUIET_SECONDS)
     rows_after, sent_after = snapshot()
