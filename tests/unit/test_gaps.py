@@ -21,9 +21,9 @@ from optionfeed.telemetry.metrics import Metrics
 
 CONN = cast(ExchangeConnection, object())  # the recorder does not look at the connection
 INSTRUMENT = "BTC-24SEP21-8000-P"  # the capture's busiest book
-TICKER = channels.ticker(INSTRUMENT, "raw")
-BOOK = channels.book(INSTRUMENT, "raw")
-TRADES = channels.trades(INSTRUMENT, "raw")
+TICKER = channels.feed_channel("ticker", INSTRUMENT, "raw")
+BOOK = channels.feed_channel("book", INSTRUMENT, "raw")
+TRADES = channels.feed_channel("trades", INSTRUMENT, "raw")
 SUBSCRIBED = frozenset(
     {TICKER, BOOK, TRADES, channels.instrument_state("BTC"), channels.PLATFORM_STATE}
 )
@@ -311,7 +311,7 @@ async def test_a_restart_that_missed_nothing_writes_no_gap_and_one_that_did_writ
 
 def test_only_market_data_channels_of_one_instrument_have_gaps() -> None:
     assert channel_key(TICKER) == (INSTRUMENT, "ticker")
-    assert channel_key(channels.quote(INSTRUMENT)) == (INSTRUMENT, "quote")
+    assert channel_key(channels.feed_channel("quote", INSTRUMENT)) == (INSTRUMENT, "quote")
     assert channel_key(BOOK) == (INSTRUMENT, "book")
     assert channel_key(TRADES) == (INSTRUMENT, "trades")
     assert channel_key(channels.PLATFORM_STATE) is None

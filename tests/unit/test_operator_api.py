@@ -4,8 +4,9 @@ from typing import Any
 import pytest
 import yaml
 
-from optionfeed.deribit.channels import Interval
+from optionfeed.deribit.channels import FEED_CHANNELS, Interval
 from optionfeed.deribit.ranking import RankBy
+from optionfeed.store import tables
 from optionfeed_operator.api import (
     ConditionType,
     InvalidOptionFeed,
@@ -136,3 +137,12 @@ def test_the_shipped_example_feed_parses() -> None:
     example["metadata"].update(namespace="md", uid="u-1", generation=1)
     feed = parse_feed(example)
     assert (feed.currency, feed.top_n, feed.shards) == ("ETH", 50, 2)
+
+
+def test_the_crd_offers_every_family_a_feed_records_and_each_has_a_table() -> None:
+    crd = yaml.safe_load((ROOT / "crds/optionfeed.io_optionfeeds.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    offered = spec["properties"]["channels"]
+    assert offered["items"]["enum"] == list(FEED_CHANNELS)
+    assert offered["maxItems"] == len(FEED_CHANNELS)
+    assert set(FEED_CHANNELS) == set(tables.FAMILIES)

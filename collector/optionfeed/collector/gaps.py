@@ -39,7 +39,7 @@ from optionfeed.collector.connection import ExchangeConnection, Observer
 from optionfeed.collector.router import Events, RowSink
 from optionfeed.collector.sequences import BookBreak, SequenceGap, Staleness, TradeSequences
 from optionfeed.collector.waiting import wait_set
-from optionfeed.deribit.channels import FEED_CHANNELS, InvalidChannel, Kind, parse_channel
+from optionfeed.deribit.channels import FEED_CHANNELS, FEED_FAMILIES, InvalidChannel, parse_channel
 from optionfeed.store import tables
 from optionfeed.store.records import GapReason, gap_row
 from optionfeed.telemetry.metrics import Metrics
@@ -47,7 +47,6 @@ from optionfeed.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
-FAMILIES = {Kind(family): family for family in FEED_CHANNELS}
 DEFAULT_STALE_AFTER = {"ticker": 60.0}
 
 
@@ -88,10 +87,9 @@ def channel_key(channel: str) -> tuple[str, str] | None:
         parsed = parse_channel(channel)
     except InvalidChannel:
         return None
-    family = FAMILIES.get(parsed.kind)
-    if family is None or parsed.instrument is None:
+    if parsed.kind not in FEED_FAMILIES or parsed.instrument is None:
         return None
-    return parsed.instrument, family
+    return parsed.instrument, parsed.kind.value
 
 
 class GapRecorder(Events, Observer):
@@ -338,7 +336,7 @@ class GapRecorder(Events, Observer):
         """An instrument left the feed: stop watching it, and end its open gaps now."""
         now = self._clock()
         left: list[Gap | None] = [self.book_gaps.pop(instrument, None)]
-        for family in FAMILIES.values():
+        for family in FEED_CHANNELS:
             key = (instrument, family)
             self.staleness.forget(instrument, family)
             self._last_seen.pop(key, None)

@@ -31,8 +31,18 @@ class Kind(StrEnum):
     PRICE_INDEX = "deribit_price_index"
 
 
-# The data channels a feed may record (docs/design.md: spec.channels).
-FEED_CHANNELS: tuple[str, ...] = ("ticker", "quote", "trades", "book")
+# The per-instrument data families a feed may record (docs/design.md: spec.channels), each with
+# whether its channel name ends with an interval: ``ticker.{instrument}.{interval}`` but
+# ``quote.{instrument}``. Parsing, formatting and :func:`feed_channel` all follow this table; a
+# new family is one entry here, its table (``optionfeed.store.tables``) and its normaliser.
+FEED_FAMILIES: dict[Kind, bool] = {
+    Kind.TICKER: True,
+    Kind.QUOTE: False,
+    Kind.TRADES: True,
+    Kind.BOOK: True,
+}
+FEED_CHANNELS: tuple[str, ...] = tuple(kind.value for kind in FEED_FAMILIES)
+_FEED_KIND: dict[str, Kind] = {kind.value: kind for kind in FEED_FAMILIES}
 INSTRUMENT_KINDS = frozenset({"future", "option", "spot", "future_combo", "option_combo"})
 TRADE_CURRENCIES = frozenset({"BTC", "ETH", "USDC", "USDT", "EURR", "any"})
 BOOK_GROUPS = frozenset({"none", "1", "2", "5", "10", "25", "100", "250"})
@@ -67,22 +77,6 @@ class Channel:
         return self.interval is Interval.RAW
 
 
-def ticker(instrument: str, interval: str = "100ms") -> str:
-    return f"ticker.{instrument}.{Interval(interval)}"
-
-
-def quote(instrument: str) -> str:
-    return f"quote.{instrument}"
-
-
-def trades(instrument: str, interval: str = "100ms") -> str:
-    return f"trades.{instrument}.{Interval(interval)}"
-
-
-def book(instrument: str, interval: str = "100ms") -> str:
-    return f"book.{instrument}.{Interval(interval)}"
-
-
 def instrument_state(currency: str, kind: str = "option") -> str:
     return f"instrument.state.{kind}.{currency}"
 
@@ -90,17 +84,14 @@ def instrument_state(currency: str, kind: str = "option") -> str:
 PLATFORM_STATE = "platform_state"
 
 
-def feed_channel(family: str, instrument: str, interval: str) -> str:
+def feed_channel(family: str, instrument: str, interval: str = "100ms") -> str:
     """The channel of ``family`` (ticker, quote, trades or book) for one instrument."""
-    if family == "quote":
-        return quote(instrument)
-    if family == "ticker":
-        return ticker(instrument, interval)
-    if family == "trades":
-        return trades(instrument, interval)
-    if family == "book":
-        return book(instrument, interval)
-    raise ValueError(f"unknown channel family {family!r}; expected one of {FEED_CHANNELS}")
+    kind = _FEED_KIND.get(family)
+    if kind is None:
+        raise ValueError(f"unknown channel family {family!r}; expected one of {FEED_CHANNELS}")
+    return format_channel(
+        Channel(kind, instrument, Interval(interval) if FEED_FAMILIES[kind] else None)
+    )
 
 
 def _interval(channel: str, text: str) -> Interval:
@@ -118,12 +109,10 @@ def parse_channel(channel: str) -> Channel:
     head, n = parts[0], len(parts)
     if not all(parts):
         raise InvalidChannel(channel, "empty segment")
-    if head == "ticker" and n == 3:
-        return Channel(Kind.TICKER, instrument=parts[1], interval=_interval(channel, parts[2]))
-    if head == "quote" and n == 2:
-        return Channel(Kind.QUOTE, instrument=parts[1])
-    if head == "trades" and n == 3:
-        return Channel(Kind.TRADES, instrument=parts[1], interval=_interval(channel, parts[2]))
+    family = _FEED_KIND.get(head)
+    if family is not None and n == (3 if FEED_FAMILIES[family] else 2):
+        interval = _interval(channel, parts[2]) if n == 3 else None
+        return Channel(family, instrument=parts[1], interval=interval)
     if head == "trades" and n == 4:
         kind, currency = parts[1], parts[2]
         if kind not in INSTRUMENT_KINDS or currency not in TRADE_CURRENCIES:
@@ -134,8 +123,6 @@ def parse_channel(channel: str) -> Channel:
             currency=currency,
             interval=_interval(channel, parts[3]),
         )
-    if head == "book" and n == 3:
-        return Channel(Kind.BOOK, instrument=parts[1], interval=_interval(channel, parts[2]))
     if head == "book" and n == 5:
         group, depth, interval = parts[2], parts[3], _interval(channel, parts[4])
         if group not in BOOK_GROUPS or depth not in BOOK_DEPTHS or interval is Interval.RAW:
@@ -156,16 +143,11 @@ def parse_channel(channel: str) -> Channel:
 
 
 def format_channel(c: Channel) -> str:
-    if c.kind is Kind.TICKER:
-        return f"ticker.{c.instrument}.{c.interval}"
-    if c.kind is Kind.QUOTE:
-        return f"quote.{c.instrument}"
-    if c.kind is Kind.TRADES:
-        return f"trades.{c.instrument}.{c.interval}"
+    if c.kind in FEED_FAMILIES:
+        tail = f".{c.interval}" if FEED_FAMILIES[c.kind] else ""
+        return f"{c.kind}.{c.instrument}{tail}"
     if c.kind is Kind.CURRENCY_TRADES:
         return f"trades.{c.instrument_kind}.{c.currency}.{c.interval}"
-    if c.kind is Kind.BOOK:
-        return f"book.{c.instrument}.{c.interval}"
     if c.kind is Kind.GROUPED_BOOK:
         return f"book.{c.instrument}.{c.group}.{c.depth}.{c.interval}"
     if c.kind is Kind.INSTRUMENT_STATE:

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from optionfeed.deribit import jsonrpc
-from optionfeed.deribit.channels import Channel, InvalidChannel, Kind, parse_channel
+from optionfeed.deribit.channels import FEED_FAMILIES, Channel, InvalidChannel, Kind, parse_channel
 from optionfeed.simulator import frames
 from optionfeed.simulator.book import BookEntry
 from optionfeed.simulator.ledger import ChannelStats, Ledger
@@ -106,8 +106,8 @@ class OptionChannels:
 
 
 def channel_key(channel: Channel) -> str:
-    if channel.kind is Kind.QUOTE:
-        return "quote"
+    if channel.interval is None:
+        return channel.kind.value
     return f"{channel.kind.value}.{channel.interval}"
 
 
@@ -163,7 +163,7 @@ class Publisher:
         if channel.name != name:
             return None
         kind = channel.kind
-        if kind in (Kind.TICKER, Kind.QUOTE, Kind.TRADES, Kind.BOOK):
+        if kind in FEED_FAMILIES:
             assert channel.instrument is not None
             return channel if is_live(channel.instrument) else None
         if kind is Kind.CURRENCY_TRADES:

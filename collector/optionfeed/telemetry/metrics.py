@@ -29,8 +29,6 @@ from optionfeed.deribit.channels import FEED_CHANNELS
 # Exchange -> commit lag and write latency: from a few ms to the flush age and well past it.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-# The channel families a collector can subscribe per instrument.
-FAMILIES = FEED_CHANNELS
 GAP_REASONS = ("disconnect", "sequence", "stale", "outage")
 # The reasons of optionfeed.store.errors.BatchNotWritten and of the writer's fallback and drops.
 WRITE_ERROR_REASONS = (
@@ -75,7 +73,7 @@ class _Observed(Collector):
             labels=["channel"],
         )
         counts = self.silent()
-        for family in FAMILIES:
+        for family in FEED_CHANNELS:
             silent.add_metric([family], counts.get(family, 0))
         yield silent
 
@@ -214,7 +212,7 @@ class Metrics:
 
         # Series of small known label sets exist from the start, so that rates and alerts see
         # their first increase.
-        for family in FAMILIES:
+        for family in FEED_CHANNELS:
             for reason in GAP_REASONS:
                 self.gaps_total.labels(family, reason)
         self.backfilled_rows_total.labels("option_trades")
