@@ -28,9 +28,10 @@ import aiohttp
 import kopf
 from lightkube import AsyncClient
 
+from optionfeed.telemetry.health import HealthServer
 from optionfeed_operator import api, manifests
 from optionfeed_operator.cluster import Cluster
-from optionfeed_operator.metrics import MetricsServer, OperatorMetrics
+from optionfeed_operator.metrics import OperatorMetrics
 from optionfeed_operator.ranking import Selector
 from optionfeed_operator.reconcile import Reconciler
 
@@ -128,13 +129,13 @@ def build_registry(options: OperatorOptions) -> kopf.OperatorRegistry:
             collector_tracing=options.collector_tracing,
         )
         if options.metrics_port:
-            server = MetricsServer(metrics, options.metrics_port)
+            server = HealthServer(options.metrics_port, metrics)
             memo["metrics_server"] = await server.__aenter__()
 
     @kopf.on.cleanup(id="close_clients", registry=registry)
     async def close_clients(memo: kopf.Memo, **_: Any) -> None:
         server = memo.get("metrics_server")
-        if isinstance(server, MetricsServer):
+        if isinstance(server, HealthServer):
             await server.__aexit__(None, None, None)
         session = memo.get("http")
         if isinstance(session, aiohttp.ClientSession):

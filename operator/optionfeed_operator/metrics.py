@@ -1,4 +1,4 @@
-"""The operator's own Prometheus metrics, and the HTTP server that serves them.
+"""The operator's own Prometheus metrics (served by ``optionfeed.telemetry.health.HealthServer``).
 
 Alert rules and the dashboard rely on these names (README.md lists them):
 
@@ -23,15 +23,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from types import TracebackType
 from typing import Any
 
-from aiohttp import web
 from lightkube import ApiError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
-from optionfeed.telemetry import endpoints, health
 from optionfeed_operator.api import ConditionStatus, ConditionType
 
 log = logging.getLogger(__name__)
@@ -120,35 +117,3 @@ class OperatorMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class MetricsServer:
-    """``async with MetricsServer(metrics, port):`` serves ``/metrics`` until the block ends."""
-
-    def __init__(self, metrics: OperatorMetrics, port: int, *, host: str = "0.0.0.0") -> None:
-        self._metrics = metrics
-        self.host = host
-        self.port = port
-        self._runner: web.AppRunner | None = None
-
-    async def _serve(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self._metrics.render(), headers={"Content-Type": health.CONTENT_TYPE_LATEST}
-        )
-
-    async def __aenter__(self) -> MetricsServer:
-        app = web.Application()
-        app.router.add_get(endpoints.METRICS_PATH, self._serve)
-        self._runner, self.port = await health.serve(app, self.host, self.port)
-        log.info("serving metrics on http://%s:%d/metrics", self.host, self.port)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None

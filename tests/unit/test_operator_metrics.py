@@ -6,7 +6,8 @@ import aiohttp
 from lightkube import ApiError
 from prometheus_client.parser import text_string_to_metric_families
 
-from optionfeed_operator.metrics import MetricsServer, OperatorMetrics
+from optionfeed.telemetry.health import HealthServer
+from optionfeed_operator.metrics import OperatorMetrics
 
 
 def value(metrics: OperatorMetrics, name: str, **labels: str) -> float | None:
@@ -73,11 +74,15 @@ def test_a_deleted_feed_loses_its_series() -> None:
 async def test_the_server_serves_the_metrics_and_the_process_metrics() -> None:
     metrics = OperatorMetrics()
     async with (
-        MetricsServer(metrics, 0, host="127.0.0.1") as server,
+        HealthServer(0, metrics, host="127.0.0.1") as server,
         aiohttp.ClientSession() as http,
-        http.get(f"http://127.0.0.1:{server.port}/metrics") as response,
     ):
-        assert response.status == 200
-        text = await response.text()
+        base = f"http://127.0.0.1:{server.port}"
+        async with http.get(f"{base}/metrics") as response:
+            assert response.status == 200
+            text = await response.text()
+        # kopf serves the operator's liveness probe on a port of its own; this one is metrics only.
+        async with http.get(f"{base}/readyz") as response:
+            assert response.status == 404
     assert "optionfeed_operator_reconciles_total" in text
     assert "process_resident_memory_bytes" in text

@@ -1,4 +1,4 @@
-"""One HTTP port per collector: ``/metrics``, ``/livez`` and ``/readyz``.
+"""One HTTP port per process: ``/metrics``, and for a collector ``/livez`` and ``/readyz``.
 
 ``/livez`` answers whenever the event loop runs: a blocked loop cannot answer, and that is exactly
 the failure the kubelet should restart. ``/readyz`` runs the collector's readiness checks (each a
@@ -11,15 +11,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from types import TracebackType
+from typing import Protocol
 
 from aiohttp import web
 
 from optionfeed.telemetry.endpoints import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
-from optionfeed.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 Check = Callable[[], tuple[bool, str]]
+
+
+class Exposition(Protocol):
+    """What ``/metrics`` serves: the registry's text exposition."""
+
+    def render(self) -> bytes: ...
+
+
 CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -40,13 +48,16 @@ async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
 
 
 class HealthServer:
-    """``async with HealthServer(port, metrics, checks):`` serves until the block ends."""
+    """``async with HealthServer(port, metrics, checks):`` serves until the block ends.
+
+    Without ``checks`` only ``/metrics`` is served (the operator, whose liveness kopf serves).
+    """
 
     def __init__(
         self,
         port: int,
-        metrics: Metrics,
-        checks: Mapping[str, Check],
+        metrics: Exposition,
+        checks: Mapping[str, Check] | None = None,
         *,
         host: str = "0.0.0.0",
     ) -> None:
@@ -58,7 +69,7 @@ class HealthServer:
 
     def readiness(self) -> tuple[bool, str]:
         lines, ready = [], True
-        for name, check in self._checks.items():
+        for name, check in (self._checks or {}).items():
             try:
                 ok, detail = check()
             except Exception as exc:  # a failing check reports itself, it never breaks the probe
@@ -82,10 +93,13 @@ class HealthServer:
     async def __aenter__(self) -> HealthServer:
         app = web.Application()
         app.router.add_get(METRICS_PATH, self._metrics_handler)
-        app.router.add_get(LIVENESS_PATH, self._livez)
-        app.router.add_get(READINESS_PATH, self._readyz)
+        paths = [METRICS_PATH]
+        if self._checks is not None:
+            app.router.add_get(LIVENESS_PATH, self._livez)
+            app.router.add_get(READINESS_PATH, self._readyz)
+            paths += [LIVENESS_PATH, READINESS_PATH]
         self._runner, self.port = await serve(app, self.host, self.port)
-        log.info("serving /metrics, /livez and /readyz on %s:%d", self.host, self.port)
+        log.info("serving %s on %s:%d", ", ".join(paths), self.host, self.port)
         return self
 
     async def __aexit__(
