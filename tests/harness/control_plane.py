@@ -38,11 +38,10 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, TextIO
 
 from harness import builds
-from harness.processes import die_with_parent
+from harness.processes import Service, die_with_parent
 
 HARNESS_DIR = Path(__file__).resolve().parent
 BUILD_SCRIPT = HARNESS_DIR / "build-control-plane.sh"
@@ -352,7 +351,7 @@ def _node_ready(node: Mapping[str, Any]) -> bool:
 # --- the control plane ------------------------------------------------------------------------
 
 
-class ControlPlane:
+class ControlPlane(Service):
     """etcd + kube-apiserver (tier 1), plus controller manager, scheduler and kwok (tier 2)."""
 
     def __init__(
@@ -435,17 +434,6 @@ class ControlPlane:
         return env
 
     # -- lifecycle --
-
-    def __enter__(self) -> ControlPlane:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> ControlPlane:
         """Start the tier's components and wait until they are usable; on failure nothing is

@@ -8,14 +8,8 @@ if command -v containerd >/dev/null && command -v ctr >/dev/null && command -v r
     exit 0
 fi
 echo "containerd/runc not found: installing Debian's containerd and runc packages" >&2
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO=sudo
-else
-    SUDO=
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends containerd runc >/dev/null
+. "$(dirname "$0")/apt-install.sh"
+apt_install containerd runc
 # The package may start a system containerd; the tests use their own, so stop it.
 $SUDO service containerd stop >/dev/null 2>&1 || true
 command -v containerd >/dev/null && command -v ctr >/dev/null && command -v runc >/dev/null

@@ -18,12 +18,6 @@ command -v file >/dev/null || missing+=(file)
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
 echo "node tier: installing Debian's ${missing[*]}" >&2
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO=sudo
-else
-    SUDO=
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+. "$(dirname "$0")/apt-install.sh"
+apt_install "${missing[@]}"
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]]

@@ -14,14 +14,8 @@ if [[ -x $BIN_DIR/initdb && -x $BIN_DIR/pg_ctl ]]; then
     exit 0
 fi
 echo "PostgreSQL $PG_MAJOR server binaries not found in $BIN_DIR: installing Debian's postgresql-$PG_MAJOR package" >&2
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO=sudo
-else
-    SUDO=
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "postgresql-$PG_MAJOR" >/dev/null
+. "$(dirname "$0")/apt-install.sh"
+apt_install "postgresql-$PG_MAJOR"
 # The package starts a system cluster on port 5432; the tests use their own, so stop it.
 $SUDO service postgresql stop >/dev/null 2>&1 || true
 [[ -x $BIN_DIR/initdb ]] || { echo "installing postgresql-$PG_MAJOR left no $BIN_DIR/initdb" >&2; exit 1; }

@@ -11,14 +11,8 @@ if [ -x "$PROMETHEUS" ] && [ -x "$PROMTOOL" ]; then
     exit 0
 fi
 echo "prometheus/promtool not found: installing Debian's prometheus package" >&2
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO=sudo
-else
-    SUDO=
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+. "$(dirname "$0")/apt-install.sh"
+apt_install prometheus
 # The package starts a system Prometheus on port 9090 (and node exporter is only a recommendation);
 # the tests run their own, so stop the service and keep it from starting at boot.
 $SUDO service prometheus stop >/dev/null 2>&1 || true

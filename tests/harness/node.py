@@ -29,7 +29,6 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TextIO
 
 from harness import builds
@@ -42,6 +41,7 @@ from harness.control_plane import (
     ensure_binaries,
     free_ports,
 )
+from harness.processes import Service
 
 HARNESS_DIR = Path(__file__).resolve().parent
 BUILD_SCRIPT = HARNESS_DIR / "build-node.sh"
@@ -122,7 +122,7 @@ def choose_network_index() -> int:
     raise ControlPlaneError("no free 10.244.N.0/24 for the pod bridge")
 
 
-class Node:
+class Node(Service):
     """A control plane plus one real kubelet node (see the module docstring)."""
 
     def __init__(
@@ -180,17 +180,6 @@ class Node:
         return self.workdir / "logs" / f"{component}.log"
 
     # -- lifecycle --
-
-    def __enter__(self) -> Node:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Node:
         t0 = time.monotonic()

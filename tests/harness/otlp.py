@@ -21,12 +21,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from harness import builds, processes
 from harness.ports import free_port
-from harness.processes import die_with_parent
+from harness.processes import Service, die_with_parent
 
 HARNESS_DIR = Path(__file__).resolve().parent
 BUILD_SCRIPT = HARNESS_DIR / "build-otel-receiver.sh"
@@ -119,7 +118,7 @@ def parse_export(document: Mapping[str, Any]) -> list[Span]:
     return spans
 
 
-class OtlpReceiver:
+class OtlpReceiver(Service):
     """One collector process taking OTLP/HTTP on 127.0.0.1; a context manager."""
 
     def __init__(self, startup_timeout: float = 30.0) -> None:
@@ -223,17 +222,6 @@ class OtlpReceiver:
         processes.stop(self.process)
         with contextlib.suppress(OSError):
             self._log.close()
-
-    def __enter__(self) -> OtlpReceiver:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def by_name(spans: list[Span], name: str, service: str | None = None) -> list[Span]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import signal
 import subprocess
-from typing import Any
+from typing import Any, Self
 
 # Linux prctl option: the kernel signals the child when the thread that forked it exits.
 _PR_SET_PDEATHSIG = 1
@@ -31,3 +31,20 @@ def stop(process: subprocess.Popen[Any] | None, grace: float = 10.0) -> int | No
             process.kill()
             process.wait()
     return process.returncode
+
+
+class Service:
+    """A component a test starts and stops, also usable as ``with Component(...) as c:``."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -22,14 +22,13 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
 
 from harness import processes
 from harness.ports import free_port
-from harness.processes import die_with_parent
+from harness.processes import Service, die_with_parent
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 PROMTOOL = Path("/usr/bin/promtool")
@@ -65,7 +64,7 @@ def static_job(
     }
 
 
-class PrometheusServer:
+class PrometheusServer(Service):
     """One ``prometheus`` process; a context manager."""
 
     def __init__(
@@ -124,17 +123,6 @@ class PrometheusServer:
     def stop(self) -> None:
         processes.stop(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- the HTTP API ----------------------------------------------------------------------------
 

@@ -30,13 +30,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 
 from harness import processes
-from harness.processes import die_with_parent
+from harness.processes import Service, die_with_parent
 
 READY = re.compile(r"listening on http://(?P<host>[\d.]+):(?P<port>\d+)")
 DEFAULT_SEED = 20240601
@@ -48,7 +47,7 @@ class SimulatorError(RuntimeError):
     """The simulator did not start, or a /sim request failed."""
 
 
-class SimulatorProcess:
+class SimulatorProcess(Service):
     """One ``optionfeed simulate`` process; a context manager."""
 
     def __init__(
@@ -161,15 +160,7 @@ class SimulatorProcess:
         with contextlib.suppress(OSError):
             self.log_path.unlink()
 
-    def __enter__(self) -> SimulatorProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.cleanup()
 
     # ------------------------------------------------------------------ /sim
