@@ -33,8 +33,8 @@ class Kind(StrEnum):
 
 # The per-instrument data families a feed may record (docs/design.md: spec.channels), each with
 # whether its channel name ends with an interval: ``ticker.{instrument}.{interval}`` but
-# ``quote.{instrument}``. Parsing, formatting and :func:`feed_channel` all follow this table; a
-# new family is one entry here, its table (``optionfeed.store.tables``) and its normaliser.
+# ``quote.{instrument}``. Parsing, formatting and :func:`feed_channel` all follow this table;
+# docs/design.md ("Adding a channel family") lists what else a new family takes.
 FEED_FAMILIES: dict[Kind, bool] = {
     Kind.TICKER: True,
     Kind.QUOTE: False,
