@@ -63,6 +63,9 @@ RECORD_SECONDS = 10.0
 LOAD_FEED = "load"
 # The simulator's rate while a collector pod is deleted.
 DELETION_RATE = 3000
+# Subscribes the exchange may refuse while a new collector pod starts: more than the pod can try
+# before the test lifts the refusal, and few enough that the simulator reports how many it used.
+REFUSAL_BUDGET = 10_000
 LOAD_RATE = 2000.0
 LOAD_SECONDS = 30.0
 LOAD_LIMIT_BYTES = 256 * 2**20
@@ -628,7 +631,7 @@ def test_readiness_keeps_a_collector_out_until_the_exchange_accepts_its_subscrip
     # The exchange refuses every subscribe (rate limited, as Deribit does) until the test lifts
     # the refusal; a shard's new pod meanwhile runs but must not count as Ready, and the feed with
     # it. The refusal stays until that state has been seen, however long the polls take.
-    rule = {"code": 10028, "methods": ["public/subscribe"]}
+    rule = {"code": 10028, "methods": ["public/subscribe"], "count": REFUSAL_BUDGET}
     http_json(f"{backends.simulator_url}/sim/faults", {"errors": [rule]})
     (victim,) = [
         p for p in collector_pods(cluster) if p["metadata"]["labels"]["optionfeed.io/shard"] == "0"
@@ -670,6 +673,9 @@ def test_readiness_keeps_a_collector_out_until_the_exchange_accepts_its_subscrip
         pod = successor()
         assert pod is not None
         assert not is_ready(pod), "the new pod became Ready while its subscribes were refused"
+        (left,) = http_json(f"{backends.simulator_url}/sim/faults")["errors"]
+        refused = REFUSAL_BUDGET - left["count"]
+        assert refused > 0, "the new pod was held out without a subscribe being refused"
     finally:
         http_json(f"{backends.simulator_url}/sim/faults", {"errors": []})
     lifted_at = time.monotonic() - started
@@ -677,9 +683,9 @@ def test_readiness_keeps_a_collector_out_until_the_exchange_accepts_its_subscrip
     ready_at = time.monotonic() - started
     first_line = reason.splitlines()[0]
     FIGURES.append(
-        f"readiness: with every subscribe refused, shard 0's new pod ran but was held NotReady "
-        f"({first_line.strip()!r}, feed Ready=False) from {held_at:.1f}s after the old pod's "
-        f"deletion; refusals lifted at {lifted_at:.1f}s, Ready at {ready_at:.1f}s"
+        f"readiness: with every subscribe refused ({refused} refused), shard 0's new pod ran but "
+        f"was held NotReady ({first_line.strip()!r}, feed Ready=False) from {held_at:.1f}s after "
+        f"the old pod's deletion; refusals lifted at {lifted_at:.1f}s, Ready at {ready_at:.1f}s"
     )
 
 
