@@ -12,7 +12,8 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 TOOLS := .tools
-UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+# The project's own uv (a uv elsewhere on PATH may not read this uv.lock the same way).
+UV := $(TOOLS)/bin/uv
 VENV := .venv
 SYNCED := $(VENV)/.synced
 RUN := $(UV) run --frozen --no-sync

@@ -232,11 +232,11 @@ def ensure_debian_tools(commands: dict[str, str]) -> None:
 
 
 def find_uv() -> str:
-    """$UV, else uv on PATH, else the one `make setup` installs."""
-    for candidate in (os.environ.get("UV"), "uv", str(ROOT / ".tools/bin/uv")):
-        if candidate and (found := shutil.which(candidate)):
-            return str(Path(found).resolve())
-    raise BuildError("uv not found: run `make setup` (or set UV=/path/to/uv)")
+    """$UV (``make image`` and ``uv run`` set it), else the uv `make setup` installs in ./.tools."""
+    candidate = os.environ.get("UV") or str(ROOT / ".tools/bin/uv")
+    if not (found := shutil.which(candidate)):
+        raise BuildError(f"uv not found at {candidate}: run `make setup` (or set UV=/path/to/uv)")
+    return str(Path(found).resolve())
 
 
 def cache_dir() -> Path:

@@ -51,7 +51,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the harness
+
 from bench_simulator import upgrade_request
+
+from harness.builds import uv
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -393,13 +397,6 @@ async def sink(port: int, clients: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------- orchestration
-
-
-def uv() -> str:
-    found = os.environ.get("UV") or shutil.which("uv") or str(ROOT / ".tools" / "bin" / "uv")
-    if not Path(found).exists() and not shutil.which(found):
-        raise SystemExit("uv not found: run `make setup` first (it installs uv into .tools/)")
-    return found
 
 
 def version(distribution: str) -> str:

@@ -1,4 +1,4 @@
-"""The cached builds the tests need: the control plane, TimescaleDB, the OTLP receiver.
+"""The cached builds the tests need: the control plane, TimescaleDB, the OTLP receiver; and uv.
 
 Each is a script beside this file that builds once, caches by version outside the work tree and
 prints what it built (a directory or a binary) as the last line of its standard output. Asked with
@@ -8,12 +8,14 @@ and never builds.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import TextIO
 
 LOG_TAIL_LINES = 30
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class BuildFailed(RuntimeError):
@@ -66,3 +68,12 @@ def run_streamed(script: Path, progress: TextIO | None = None) -> list[str]:
         tail = "".join(lines[-LOG_TAIL_LINES:])
         raise BuildFailed(f"{script} failed with exit {rc}; last output:\n{tail}")
     return lines
+
+
+def uv() -> str:
+    """The project's uv: $UV (``uv run``, and so every make target, names its own binary there),
+    else the one `make setup` installs in ./.tools; uv is not expected on PATH."""
+    found = os.environ.get("UV") or str(ROOT / ".tools" / "bin" / "uv")
+    if not Path(found).is_file():
+        raise FileNotFoundError(f"uv not found at {found}: run `make setup` first")
+    return found

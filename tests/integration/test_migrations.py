@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from harness import builds
 from optionfeed.store import migrations, timescale
 from optionfeed.store.errors import MigrationError, SchemaMismatch
 from optionfeed.store.sink import check_schema
@@ -157,12 +157,8 @@ def test_hypertable_statements_keep_the_natural_key_compressible() -> None:
 
 @pytest.mark.slow
 def test_the_schema_files_ship_inside_the_wheel(tmp_path: Path) -> None:
-    # `uv run` names its own binary in UV; the Makefile installs uv into ./.tools, not on PATH.
-    uv = os.environ.get("UV") or str(ROOT / ".tools" / "bin" / "uv")
-    if not Path(uv).is_file():
-        pytest.fail(f"uv is needed to build the wheel: run the tests through `make test` ({uv})")
     result = subprocess.run(
-        [uv, "build", "--wheel", "--out-dir", str(tmp_path), str(ROOT)],
+        [builds.uv(), "build", "--wheel", "--out-dir", str(tmp_path), str(ROOT)],
         capture_output=True,
         text=True,
         check=False,
