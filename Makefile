@@ -45,8 +45,10 @@ timescaledb: postgres
 prometheus:
 	@tests/harness/ensure-prometheus.sh
 
-# kube-apiserver, etcd, kwok, helm... built from Go modules and cached outside the tree.
+# kube-apiserver, etcd, kwok, helm... built from Go modules and cached outside the tree; Debian's
+# openssl for the test cluster's certificates, installed when missing.
 k8s:
+	@[ -x /usr/bin/openssl ] || { . tests/harness/apt-install.sh && apt_install openssl; }
 	@tests/harness/build-control-plane.sh
 
 # The OTLP receiver the tracing tests export to (an OpenTelemetry Collector), built from Go modules

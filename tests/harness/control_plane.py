@@ -45,6 +45,8 @@ from harness.processes import Service, die_with_parent
 
 HARNESS_DIR = Path(__file__).resolve().parent
 BUILD_SCRIPT = HARNESS_DIR / "build-control-plane.sh"
+# The certificates are made with Debian's openssl, which `make k8s` installs when it is missing.
+OPENSSL = Path("/usr/bin/openssl")
 KWOK_STAGES = HARNESS_DIR / "kwok-stages.yaml"
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
@@ -132,10 +134,12 @@ def free_ports(count: int) -> list[int]:
 
 
 def _run_openssl(args: Sequence[str], cwd: Path) -> None:
-    if shutil.which("openssl") is None:
-        raise ControlPlaneError("the control plane needs the openssl CLI (apt-get install openssl)")
+    if not OPENSSL.is_file():
+        raise ControlPlaneError(
+            f"the control plane needs {OPENSSL}: run `make k8s`, it installs it"
+        )
     result = subprocess.run(
-        ["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False
+        [str(OPENSSL), *args], cwd=cwd, capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise ControlPlaneError(f"openssl {' '.join(args)} failed:\n{result.stderr}")

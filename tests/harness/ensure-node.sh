@@ -13,7 +13,6 @@ missing=()
 command -v ip >/dev/null || missing+=(iproute2)
 command -v gcc >/dev/null || missing+=(gcc)
 [[ -f /usr/lib/x86_64-linux-gnu/libc.a || -f /usr/lib/aarch64-linux-gnu/libc.a ]] || missing+=(libc6-dev)
-command -v openssl >/dev/null || missing+=(openssl)
 command -v file >/dev/null || missing+=(file)
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
